@@ -17,7 +17,7 @@ import { pathOf } from './auth.js';
 import { Authenticator } from './authenticator.js';
 import type { ServerHealth } from './http/health.js';
 import { readStoreHealth } from './http/health.js';
-import type { HttpHandler, HttpHandlerOptions } from './http/http-handler.js';
+import type { HttpHandler, HttpHandlerOptions, OpenAnswer } from './http/http-handler.js';
 import { createHttpHandler } from './http/http-handler.js';
 import type { OpenStream } from './http/sse-stream.js';
 import { AckWriter } from './hub/ack-writer.js';
@@ -163,6 +163,8 @@ export class ProgressServer<P extends Principal = Principal> {
   #stopEpochHints: (() => void) | undefined;
   /** Open Server-Sent Events streams: ended at shutdown, restarted when the store epoch changes. */
   readonly #streams = new Set<OpenStream>();
+  /** HTTP API answers still being written: left until the shutdown's deadline, then cut, as streams are. */
+  readonly #answers = new Set<OpenAnswer>();
   readonly #onUpgrade: (request: IncomingMessage, socket: Duplex, head: Buffer) => void;
   #ownedHttpServer: HttpServer | undefined;
   /**
@@ -480,6 +482,7 @@ export class ProgressServer<P extends Principal = Principal> {
         shutdown: this.#shutdown.signal,
         pending: this.#sockets.pending,
         unreadAnswers: this.#unreadAnswers,
+        openAnswers: this.#answers,
         reads: this.#reads,
         streams: {
           hub: this.#hub,
@@ -540,10 +543,11 @@ export class ProgressServer<P extends Principal = Principal> {
     this.#stopEpochHints?.();
     this.#epoch.close();
     // Event streams end like sockets do, at the same time, cut at the deadline; their clients resume
-    // elsewhere with Last-Event-ID.
+    // elsewhere with Last-Event-ID. So are the HTTP answers still being written.
     await Promise.all([
       this.#sockets.close(deadline),
       ...[...this.#streams].map((stream) => stream.shutdown(deadline)),
+      ...[...this.#answers].map((answer) => answer.shutdown(deadline)),
     ]);
     await this.#acks.flush(deadline);
     this.#acks.close();

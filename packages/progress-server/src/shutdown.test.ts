@@ -170,6 +170,48 @@ describe('close()', () => {
     }
   });
 
+  it("destroys by its deadline an HTTP answer whose reader stopped reading, on the application's http.Server", async () => {
+    const store = new MemoryProgressStore();
+    const httpServer = createServer();
+    // Far beyond the test: only close() may end the stalled answer's connection here.
+    const progress = new ProgressServer({
+      store,
+      authenticateToken: tokenAuth,
+      server: httpServer,
+      sseStallTimeoutMs: 600_000,
+    });
+    httpServer.on('request', progress.httpHandler());
+    const serverSide: Socket[] = [];
+    httpServer.on('connection', (socket) => serverSide.push(socket));
+    await new Promise<void>((resolve) => httpServer.listen(0, '127.0.0.1', resolve));
+    const { port } = httpServer.address() as AddressInfo;
+    const task = await progress.tasks.create({ owner: 'alice', kind: 'k' });
+    // A page of 1,000 events of some 15 KB each: 15 MB, far more than the kernels' buffers hold.
+    const detail = { text: 'x'.repeat(15_000) };
+    for (let i = 0; i < 1000; i += 1) await task.item({ key: `k${i}`, ok: true, detail });
+    const reader = connect(port, '127.0.0.1');
+    try {
+      await new Promise((resolve) => reader.once('connect', resolve));
+      reader.write(
+        `GET /progress/tasks/${task.id}/events?limit=1000 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer token-alice\r\n\r\n`,
+      );
+      await new Promise((resolve) => reader.once('data', resolve));
+      // The reader stops reading: the rest of the answer waits in the process.
+      reader.pause();
+      const socket = serverSide[0] as Socket;
+      await expect.poll(() => socket.writableNeedDrain && socket.writableLength > 0).toBe(true);
+
+      await progress.close({ timeoutMs: 200 });
+      // Its connection stayed open, and the stall timer armed, for sseStallTimeoutMs after close()
+      // returned (30 s by default), as an event stream's did until 6 December 2026.
+      await expect.poll(() => socket.destroyed).toBe(true);
+      await expect.poll(() => pendingTimers.size).toBe(0);
+    } finally {
+      reader.destroy();
+      await new Promise((resolve) => httpServer.close(resolve));
+    }
+  });
+
   it("leaves no timer of the answers waiting for the store's first epoch read, which never answers", async () => {
     class HungEpochStore extends MemoryProgressStore {
       override getEpoch(): Promise<string> {

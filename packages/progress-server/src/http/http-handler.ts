@@ -51,7 +51,14 @@ import {
   sendEncoded,
 } from './http-request.js';
 import type { StreamContext } from './sse-stream.js';
-import { answerStreamHead, cursorAtEnd, streamCursor, streamTask } from './sse-stream.js';
+import { answerStreamHead, cursorAtEnd, finishByDeadline, streamCursor, streamTask } from './sse-stream.js';
+
+/** An answer being written, as the server's shutdown sees it. @internal */
+export interface OpenAnswer {
+  /** Resolves once the answer left, or at `deadline` (epoch ms) with its connection destroyed. */
+  shutdown(deadline: number): Promise<void>;
+}
+
 import { stallTimer } from './stall-timer.js';
 
 export { HTTP_STATUS } from './http-request.js';
@@ -154,6 +161,11 @@ export interface HttpHandlerContext<P extends Principal> {
    * reads do. None: the routes read the store at once.
    */
   reads?: Pick<FairReads, 'run'> | undefined;
+  /**
+   * The server's answers still being written (see {@link AnswerWriter}): its shutdown gives each until its
+   * deadline to leave, then destroys its connection (see {@link finishByDeadline}).
+   */
+  openAnswers?: Set<OpenAnswer>;
   /** What `GET …/stream` (Server-Sent Events) and `POST …/ack` need. */
   streams: StreamContext & { acks: Pick<AckWriter, 'ack' | 'mark' | 'seen'>; maxSocketsPerPrincipal: number };
 }
@@ -640,7 +652,7 @@ async function serveRoute<P extends Principal>(
       // epoch as this replica knew it let through a renewal it had not heard of yet (another replica's, a
       // feed that tells none), the new log's events answered with the old log's task and epoch. An empty
       // page carries nothing of another log: an idle poll costs no read.
-      if (events.length > 0) await epochRead(ctx);
+      if (events.length > 0) await read.again();
       checkSameEpoch(ctx, read.epoch);
       // None at all though the task is ahead: the store no longer holds them (retention removed them and
       // kept the row). Asking again cannot bring them back, so no more: `task` stands for them. (True
@@ -819,11 +831,19 @@ export const MAX_UNREAD_ANSWER_BYTES_PER_PRINCIPAL = 32 * 1024 * 1024;
  * `maxUnreadAnswerBytes`, all principals' answers together (but one answer while it holds none).
  */
 class AnswerWriter {
-  readonly #ctx: Pick<HttpHandlerContext<Principal>, 'streams' | 'logger' | 'metrics' | 'unreadAnswers'>;
+  readonly #ctx: Pick<
+    HttpHandlerContext<Principal>,
+    'streams' | 'logger' | 'metrics' | 'unreadAnswers' | 'openAnswers'
+  >;
   /** Bytes of each principal's answers not yet handed to the network, the server's; no entry at 0. */
   readonly #unread: Map<string, number>;
 
-  constructor(ctx: Pick<HttpHandlerContext<Principal>, 'streams' | 'logger' | 'metrics' | 'unreadAnswers'>) {
+  constructor(
+    ctx: Pick<
+      HttpHandlerContext<Principal>,
+      'streams' | 'logger' | 'metrics' | 'unreadAnswers' | 'openAnswers'
+    >,
+  ) {
     this.#ctx = ctx;
     this.#unread = ctx.unreadAnswers.byPrincipal;
   }
@@ -887,6 +907,17 @@ class AnswerWriter {
     const stop = () => cancel?.();
     response.once('finish', stop);
     response.once('close', stop);
+    // Ended by the server's shutdown at its deadline, as an event stream is: on the application's
+    // http.Server, an answer whose reader stopped reading held its connection and stall timer for
+    // sseStallTimeoutMs after close() returned, and the process could not exit.
+    const open = this.#ctx.openAnswers;
+    if (open !== undefined) {
+      const opened: OpenAnswer = { shutdown: (deadline) => finishByDeadline(response, deadline) };
+      open.add(opened);
+      const forget = () => open.delete(opened);
+      response.once('finish', forget);
+      response.once('close', forget);
+    }
     if (principalId === undefined) return;
     this.#unread.set(principalId, held + data.length);
     total.bytes += data.length;
@@ -1015,18 +1046,21 @@ function readsInTurn<P extends Principal>(
 }
 
 /**
- * Reads the store's epoch once the answer's data is read, waiting at most {@link FIRST_EPOCH_READ_WAIT_MS}
- * (past it the answer carries the epoch last read, or none). Why after the data: a renewal follows the
- * restore it is for, so the epoch read after the data is the data's. The epoch as this replica last read it
- * labelled the new epoch's data with the old one until a renewal's notice (or the next heartbeat tick)
- * reached it: a client that knew the new epoch from another replica started over back in the old one, and
- * one that knew only the old one took the restored log's events for the old log's. (Before that, the
- * routes waited only for the server's first read: a replica just started answered as a server that knows
- * no epoch.)
+ * Reads the store's epoch once the answer's data is read, waiting at most `waitMs` (past it the answer
+ * carries the epoch last read, or none); resolves to the time it waited. Why after the data: a renewal
+ * follows the restore it is for, so the epoch read after the data is the data's. The epoch as this replica
+ * last read it labelled the new epoch's data with the old one until a renewal's notice (or the next
+ * heartbeat tick) reached it: a client that knew the new epoch from another replica started over back in
+ * the old one, and one that knew only the old one took the restored log's events for the old log's.
+ * (Before that, the routes waited only for the server's first read: a replica just started answered as a
+ * server that knows no epoch.)
  */
-async function epochRead<P extends Principal>(ctx: HttpHandlerContext<P>): Promise<void> {
+async function epochRead<P extends Principal>(ctx: HttpHandlerContext<P>, waitMs: number): Promise<number> {
   const read = ctx.epoch?.reread?.();
-  if (read !== undefined) await waitAtMost(read, FIRST_EPOCH_READ_WAIT_MS);
+  if (read === undefined) return 0;
+  const started = Date.now();
+  await waitAtMost(read, waitMs);
+  return Date.now() - started;
 }
 
 /**
@@ -1035,17 +1069,27 @@ async function epochRead<P extends Principal>(ctx: HttpHandlerContext<P>): Promi
  * restore and its renewal done while the hook ran (it may take seconds) had the old log's task labelled
  * with the new epoch: a client took the old history's state for the new one's and went on from its seq in
  * the new log, for good, its next answers labelled alike. Labelled with its own epoch, the task is
- * corrected by the next answer, of the new epoch (a reset for the client).
+ * corrected by the next answer, of the new epoch (a reset for the client). `again` reads it once more
+ * (`events`, after its page), and only checks: `epoch` stays the task's.
+ *
+ * The request's waits for these reads share one {@link FIRST_EPOCH_READ_WAIT_MS}, the bound docs/protocol.md
+ * gives: each waiting its own, a poll whose page was not empty waited twice that over a store whose epoch
+ * read hung (4 s).
  */
 function epochAfterRead<P extends Principal>(
   ctx: HttpHandlerContext<P>,
-): { epoch: string | undefined; after: () => Promise<void> } {
+): { epoch: string | undefined; after: () => Promise<void>; again: () => Promise<void> } {
+  let waitLeft = FIRST_EPOCH_READ_WAIT_MS;
+  const wait = async () => {
+    waitLeft -= await epochRead(ctx, waitLeft);
+  };
   const read = {
     epoch: ctx.epoch?.current,
     after: async () => {
-      await epochRead(ctx);
+      await wait();
       read.epoch = ctx.epoch?.current;
     },
+    again: wait,
   };
   return read;
 }

@@ -76,6 +76,22 @@ export interface OpenStream {
   epochRenewed(): void;
 }
 
+/**
+ * Resolves once what `response` was given has left, or destroys its connection at `deadline` (epoch ms of
+ * the real clock): a reader that stopped reading keeps the end behind a full buffer, and left to the stall
+ * wait, its connection (and the process) outlived the server's close() by up to `sseStallTimeoutMs`.
+ * @internal
+ */
+export async function finishByDeadline(response: ServerResponse, deadline: number): Promise<void> {
+  if (response.writableFinished || response.destroyed) return;
+  const done = new Promise((resolve) => {
+    response.once('finish', resolve);
+    response.once('close', resolve);
+  });
+  await waitAtMost(done, deadline - Date.now());
+  if (!response.writableFinished) response.destroy();
+}
+
 /** What a stream needs from its server. @internal */
 export interface StreamContext {
   readonly hub: TaskHub;
@@ -307,6 +323,13 @@ export function streamTask(
       end('task_gone');
       return;
     }
+    if (isProgressError(error, ErrorCode.Closed) && ctx.hub.closed) {
+      // The hub (or its reads) refused the stream: the server shuts down, as the client learns from the end.
+      // Counted as a store error, logged as a failed read and ended `read_failed`, a clean shutdown showed
+      // the operator a failing store.
+      end('shutdown');
+      return;
+    }
     ctx.metrics.storeErrors.inc();
     ctx.logger.warn({ err: describeError(error), taskId }, 'SSE stream read failed; ending the stream');
     // The client reconnects with Last-Event-ID and loses nothing.
@@ -326,15 +349,7 @@ export function streamTask(
   const opened: OpenStream = {
     shutdown: async (deadline) => {
       end('shutdown');
-      if (response.writableFinished || response.destroyed) return;
-      // A reader that stopped reading keeps its end behind the full buffer: left to the stall wait, its
-      // connection (and the process) outlived close() by up to sseStallTimeoutMs.
-      const done = new Promise((resolve) => {
-        response.once('finish', resolve);
-        response.once('close', resolve);
-      });
-      await waitAtMost(done, deadline - Date.now());
-      if (!response.writableFinished) response.destroy();
+      await finishByDeadline(response, deadline);
     },
     epochRenewed: () => restart('epoch'),
   };

@@ -223,10 +223,23 @@ export class TaskHub {
     );
   }
 
-  /** Starts listening to the store's change feed. */
+  /**
+   * Starts listening to the store's change feed. Throws `closed` once the hub is closed: a start after
+   * {@link close} subscribed to the feed again, a listener on the caller's store that nothing removed, for
+   * a hub that follows nothing (its {@link follow} refuses).
+   */
   start(): void {
+    if (this.#closed) throw closedError();
     if (this.#stopFeed !== undefined) return;
     this.#stopFeed = this.#feed.subscribe((change) => this.#onChange(change));
+  }
+
+  /**
+   * {@link close} was called (the server shuts down): a `closed` its streams end with is the server's own,
+   * not a store failing (a store closed under the running server also fails its reads with `closed`).
+   */
+  get closed(): boolean {
+    return this.#closed;
   }
 
   /** Number of tasks followed by at least one local subscriber. */

@@ -725,6 +725,25 @@ describe('TaskHub while an append of this process hangs', () => {
 });
 
 describe('TaskStream when the hub closes', () => {
+  // Found by a review: start() after close() subscribed to the store's feed again, a listener on the
+  // caller's store that nothing removed (close() had run), for a hub whose follow() refuses everything.
+  it('refuses start() after close(): the feed is not subscribed to again', () => {
+    const store = new MemoryProgressStore();
+    const listeners = new Set<ChangeListener>();
+    const { store: seen } = countingReads(store, {
+      subscribe: (listener: ChangeListener) => {
+        listeners.add(listener);
+        return () => listeners.delete(listener);
+      },
+    });
+    const hub = hubOver(seen, { metricsFeed: store.changes });
+    expect(listeners.size).toBe(1);
+    hub.close();
+    expect(listeners.size).toBe(0);
+    expect(() => hub.start()).toThrow(expect.objectContaining({ code: ErrorCode.Closed }));
+    expect(listeners.size).toBe(0);
+  });
+
   // Found by a review: the hub's close() dropped what it followed but registered whatever came after it.
   // A stream opened then (the server's shutdown order kept that from happening, not the hub) caught up
   // from the store and then waited for ever: no feed told it anything, and nothing dropped it.

@@ -543,12 +543,15 @@ export class Subscriptions<P extends Principal> {
   #fail(sub: Subscription, error: unknown): void {
     const refs = this.#waiting(sub).at(-1) ?? { taskId: sub.taskId };
     this.#removeKeepingLateAcks(sub);
+    // The hub (or its reads) refused it: the server shuts down (a store closed under the running server
+    // fails with `closed` too, and is a failure). Counted and logged as a failed subscribe, a clean
+    // shutdown showed the operator a failing store.
+    const shutdown = isProgressError(error, ErrorCode.Closed) && this.#ctx.hub.closed;
     // Not a ProgressError: the store broke its contract (a driver's own error), answered as internal.
-    if (!isProgressError(error) || isStoreFailure(error)) this.#ctx.metrics.storeErrors.inc();
-    this.#ctx.logger.warn(
-      { err: describeError(error), connection: this.#ctx.connectionId, taskId: sub.taskId },
-      'subscribe failed',
-    );
+    if (!shutdown && (!isProgressError(error) || isStoreFailure(error))) this.#ctx.metrics.storeErrors.inc();
+    const logged = { err: describeError(error), connection: this.#ctx.connectionId, taskId: sub.taskId };
+    if (shutdown) this.#ctx.logger.debug(logged, 'subscribe refused: the server is shutting down');
+    else this.#ctx.logger.warn(logged, 'subscribe failed');
     // A store closed under the server is `store_unavailable` here too: `closed` is never sent in an
     // `error` frame (docs/protocol.md), a shutdown closes the socket with 1001 instead.
     const { code, message } = isProgressError(error)
