@@ -52,16 +52,15 @@ import {
 } from './http-request.js';
 import type { StreamContext } from './sse-stream.js';
 import { answerStreamHead, cursorAtEnd, finishByDeadline, streamCursor, streamTask } from './sse-stream.js';
+import { stallTimer } from './stall-timer.js';
+
+export { HTTP_STATUS } from './http-request.js';
 
 /** An answer being written, as the server's shutdown sees it. @internal */
 export interface OpenAnswer {
   /** Resolves once the answer left, or at `deadline` (epoch ms) with its connection destroyed. */
   shutdown(deadline: number): Promise<void>;
 }
-
-import { stallTimer } from './stall-timer.js';
-
-export { HTTP_STATUS } from './http-request.js';
 
 /**
  * A request handler in the shape node `http`, Express and Connect share. Requests outside `basePath` (or
