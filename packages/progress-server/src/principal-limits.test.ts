@@ -242,6 +242,8 @@ describe('per-principal caps', () => {
     // Mallory's slots are back: her next request is served, after the reads queued before it.
     expect((await request('mallory', 'nope-8').answer).status).toBe(404);
     expect(started).toBe(5);
+    // A client leaving is no store failure.
+    expect((await env.server.metrics.storeErrors.get()).values.reduce((sum, v) => sum + v.value, 0)).toBe(0);
   });
   it("charges a list of tasks one token of its principal's budget per 50 tasks it asks for, so authorize runs at most 50 times a token", async () => {
     // A list authorizes each task it lists, as a socket's subscribe does for one token; for the one token

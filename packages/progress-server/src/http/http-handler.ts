@@ -1038,7 +1038,8 @@ function readsInTurn<P extends Principal>(
   const { reads, store, shutdown } = ctx;
   if (reads === undefined) return store;
   // A read whose client left (its connection closed) is skipped: queued behind a slow store, it was run
-  // once the store answered, for an answer nobody reads.
+  // once the store answered, for an answer nobody reads. (An HttpError: not logged nor counted as a store
+  // failure.)
   const gone = () => request.socket.destroyed;
   const inTurn = <T>(given: () => Promise<T>): Promise<T> => {
     const read = () => (gone() ? Promise.reject(fromCode(ErrorCode.Closed, 'The client left')) : given());
