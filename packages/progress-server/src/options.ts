@@ -263,7 +263,9 @@ export interface ProgressServerOptions<P extends Principal = Principal> {
   maxSocketsPerPrincipal?: number | undefined;
   /**
    * Most tasks one principal may follow on this replica, summed over its sockets; one more gets
-   * `too_many_subscriptions`.
+   * `too_many_subscriptions`. Also the most requests of the HTTP API one principal may have in progress
+   * (authenticated, not answered yet) on this replica; one more is answered 429 `rate_limited` with
+   * `Retry-After: 1`.
    * @default 1000
    */
   maxSubscriptionsPerPrincipal?: number | undefined;

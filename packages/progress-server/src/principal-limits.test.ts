@@ -196,6 +196,55 @@ describe('per-principal caps', () => {
     clock.advance(1000);
     expect((await get('mallory', 'nope-5')).status).toBe(404);
   });
+  it("bounds a principal's HTTP requests in progress behind a slow store, and reads nothing for a client that left", async () => {
+    // The rate budget bounds how many requests start a second, not how many wait: behind a store that
+    // hangs, a principal's requests queued without bound (500 more a second), and every one read the store
+    // once it answered, its client gone or not. Cap: maxSubscriptionsPerPrincipal (5 here).
+    env = await startServer({ maxSubscriptionsPerPrincipal: 5 });
+    const store = gate();
+    const original = env.store.getTask.bind(env.store);
+    let started = 0;
+    vi.spyOn(env.store, 'getTask').mockImplementation(async (taskId) => {
+      started += 1;
+      await store.promise;
+      return original(taskId);
+    });
+    const request = (user: string, taskId: string) => {
+      const client = new AbortController();
+      const answer = fetch(`${env!.httpUrl}/progress/tasks/${taskId}`, {
+        headers: { 'x-user': user },
+        signal: client.signal,
+      }).then(
+        async (response) => ({ status: response.status, body: await response.json() }),
+        () => ({ status: 0, body: undefined }),
+      );
+      return { answer, leave: () => client.abort() };
+    };
+    const waiting = Array.from({ length: 5 }, (_, index) => request('mallory', `nope-${index}`));
+    // Three reach the store (a principal alone borrows the idle read slots but one), two wait their turn.
+    await vi.waitFor(() => expect(started).toBe(3));
+    await sleep(100);
+    // A sixth is refused at once, without waiting for the store (the gate opens after 2 s without answer).
+    const sixth = request('mallory', 'nope-6');
+    const opening = setTimeout(() => store.open(), 2000);
+    expect(await sixth.answer).toMatchObject({ status: 429, body: { error: { code: 'rate_limited' } } });
+    clearTimeout(opening);
+    expect(await metric('principalLimits', 'rate')).toBe(1);
+    // Another principal has its own count.
+    const bob = request('bob', 'nope-7');
+    await vi.waitFor(() => expect(started).toBe(4));
+    // The clients waiting leave: the two reads still queued are skipped once the store answers.
+    for (const { leave } of waiting) leave();
+    await Promise.all(waiting.map(({ answer }) => answer));
+    await sleep(200);
+    store.open();
+    expect((await bob.answer).status).toBe(404);
+    // Mallory's slots are back: her next request is served, after the reads queued before it.
+    expect((await request('mallory', 'nope-8').answer).status).toBe(404);
+    expect(started).toBe(5);
+    // A client leaving is no store failure.
+    expect((await env.server.metrics.storeErrors.get()).values.reduce((sum, v) => sum + v.value, 0)).toBe(0);
+  });
   it("charges a list of tasks one token of its principal's budget per 50 tasks it asks for, so authorize runs at most 50 times a token", async () => {
     // A list authorizes each task it lists, as a socket's subscribe does for one token; for the one token
     // of its request a list of 1,000 ran the hook 1,000 times. Budget: 40 tokens, 40/s.

@@ -159,6 +159,8 @@ export class ProgressServer<P extends Principal = Principal> {
    * and each principal's share (at most 32 MiB over all handlers).
    */
   readonly #unreadAnswers: { bytes: number; readonly max: number; readonly byPrincipal: Map<string, number> };
+  /** Each principal's HTTP API requests in progress, bounded by `maxSubscriptionsPerPrincipal` (http-handler.ts). */
+  readonly #requestsInProgress: { readonly max: number; readonly byPrincipal: Map<string, number> };
   /** Stops listening to the feed's renewal hints (`ChangeFeed.onEpochRenewed`). */
   #stopEpochHints: (() => void) | undefined;
   /** Open Server-Sent Events streams: ended at shutdown, restarted when the store epoch changes. */
@@ -265,6 +267,7 @@ export class ProgressServer<P extends Principal = Principal> {
     });
     // A restore under the running server: the hub's seqs are of the old epoch, and so are the watchers'.
     this.#unreadAnswers = { bytes: 0, max: resolved.maxUnreadAnswerBytes, byPrincipal: new Map() };
+    this.#requestsInProgress = { max: resolved.maxSubscriptionsPerPrincipal, byPrincipal: new Map() };
     this.#epoch = new StoreEpoch(resolved.store, this.#logger, () => {
       this.#hub.forgetSeqs();
       this.#acks.forgetSeqs();
@@ -483,6 +486,7 @@ export class ProgressServer<P extends Principal = Principal> {
         pending: this.#sockets.pending,
         unreadAnswers: this.#unreadAnswers,
         openAnswers: this.#answers,
+        requestsInProgress: this.#requestsInProgress,
         reads: this.#reads,
         streams: {
           hub: this.#hub,

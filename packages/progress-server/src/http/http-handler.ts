@@ -155,6 +155,12 @@ export interface HttpHandlerContext<P extends Principal> {
    */
   unreadAnswers: { bytes: number; readonly max: number; readonly byPrincipal: Map<string, number> };
   /**
+   * Each principal's requests of the API past authentication and not answered yet (no entry at 0), and
+   * their bound (the server's `maxSubscriptionsPerPrincipal`): see {@link takeRequestSlot}. The server's,
+   * shared by all its handlers, as `unreadAnswers` is.
+   */
+  requestsInProgress: { readonly max: number; readonly byPrincipal: Map<string, number> };
+  /**
    * The server's scheduler of store reads (see {@link FairReads}): every read of a route, once its
    * principal is known, runs in that principal's turn, as a socket's subscribe and an event stream's
    * reads do. None: the routes read the store at once.
@@ -455,10 +461,12 @@ async function serve<P extends Principal>(
     },
     ctx.shutdown,
   );
+  const slot: { release?: () => void } = {};
   try {
-    return await serveRoute(ctx, route, url, request, response, asker, hooks);
+    return await serveRoute(ctx, route, url, request, response, asker, hooks, slot);
   } finally {
     hooks.clear();
+    slot.release?.();
   }
 }
 
@@ -526,6 +534,7 @@ async function serveRoute<P extends Principal>(
   response: ServerResponse,
   asker: { id?: string },
   hooks: HookDeadline,
+  slot: { release?: () => void },
 ): Promise<unknown> {
   // The Origin first, before any other answer: a forged request learns nothing from this server, not
   // even which method a route takes (405) or that it is shutting down (503), and it runs none of the
@@ -586,8 +595,9 @@ async function serveRoute<P extends Principal>(
   // reads a second one principal's requests made (a flood of lookups of unknown task ids, say).
   // A list of tasks costs more (see `LIST_TASKS_PER_TOKEN`), taken in one go so that a budget whose burst is
   // below its price still lets it through when full.
+  slot.release = takeRequestSlot(ctx, principal.id);
   chargeRequest(ctx, principal.id, route.name === 'list' ? listCost(url) : 1);
-  const store = readsInTurn(ctx, principal.id);
+  const store = readsInTurn(ctx, principal.id, request);
 
   switch (route.name) {
     case 'list': {
@@ -938,6 +948,37 @@ class AnswerWriter {
 }
 
 /**
+ * Counts a request of `principalId` in progress until the returned release, or refuses it 429
+ * `rate_limited` with `Retry-After: 1` when the principal has `ctx.requestsInProgress.max` of them already
+ * (`maxSubscriptionsPerPrincipal`: a principal following that many tasks has no use for more requests at
+ * once). The rate budget bounds how many requests start a second, not how many wait: behind a slow or
+ * hung store a principal's requests queued in `FairReads` without bound, 500 more a second, each holding
+ * its request and answer (3,974 in 6 s, some 70 MB of heap, in the test of this bound), and ran their reads
+ * once the store answered, for clients long gone. Taken before the token, so a refusal costs none.
+ */
+function takeRequestSlot<P extends Principal>(ctx: HttpHandlerContext<P>, principalId: string): () => void {
+  const { max, byPrincipal } = ctx.requestsInProgress;
+  const held = byPrincipal.get(principalId) ?? 0;
+  if (held >= max) {
+    ctx.metrics.principalLimits.inc({ limit: 'rate' });
+    throw new HttpError(
+      ErrorCode.RateLimited,
+      `A principal may have at most ${max} requests of the API in progress; retry later`,
+      { headers: { 'retry-after': '1' } },
+    );
+  }
+  byPrincipal.set(principalId, held + 1);
+  let released = false;
+  return () => {
+    if (released) return;
+    released = true;
+    const left = (byPrincipal.get(principalId) ?? 1) - 1;
+    if (left > 0) byPrincipal.set(principalId, left);
+    else byPrincipal.delete(principalId);
+  };
+}
+
+/**
  * Takes `cost` tokens of the principal's rate budget (`rateLimitPerPrincipalPerSecond`, shared with its
  * sockets' frames), or refuses the request 429 `rate_limited` with `Retry-After: 1`.
  */
@@ -1022,17 +1063,23 @@ async function authorizeEach(
 function readsInTurn<P extends Principal>(
   ctx: HttpHandlerContext<P>,
   principalId: string,
+  request: IncomingMessage,
 ): Pick<ProgressStore, 'getTask' | 'readEvents' | 'listTasks'> {
   const { reads, store, shutdown } = ctx;
   if (reads === undefined) return store;
-  const inTurn = <T>(read: () => Promise<T>): Promise<T> => {
-    if (shutdown === undefined) return reads.run(principalId, read);
+  // A read whose client left (its connection closed) is skipped: queued behind a slow store, it was run
+  // once the store answered, for an answer nobody reads. (An HttpError: not logged nor counted as a store
+  // failure.)
+  const gone = () => request.socket.destroyed;
+  const inTurn = <T>(given: () => Promise<T>): Promise<T> => {
+    const read = () => (gone() ? Promise.reject(fromCode(ErrorCode.Closed, 'The client left')) : given());
+    if (shutdown === undefined) return reads.run(principalId, read, gone);
     if (shutdown.aborted) return Promise.reject(fromCode(ErrorCode.Closed, SHUTTING_DOWN));
     return new Promise<T>((resolve, reject) => {
       const onShutdown = () => reject(fromCode(ErrorCode.Closed, SHUTTING_DOWN));
       shutdown.addEventListener('abort', onShutdown, { once: true });
       reads
-        .run(principalId, read)
+        .run(principalId, read, gone)
         .then(resolve, reject)
         .finally(() => shutdown.removeEventListener('abort', onShutdown));
     });

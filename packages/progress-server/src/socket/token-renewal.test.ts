@@ -1,4 +1,5 @@
 import { ErrorCode, PROTOCOL_NAME_V1, ProgressError } from '@finishline/core';
+import { ManualClock } from '@finishline/core/testing';
 import { describe, expect, it, vi } from 'vitest';
 import type { Principal } from '../auth.js';
 import type { ProgressServerOptions } from '../options.js';
@@ -370,6 +371,60 @@ describe('token renewal and the frame budget', () => {
     // The re-check under way, then one more with the latest credential: not one per renewal.
     expect(reads).toBeLessThanOrEqual(2 * tasks);
     expect(client.frames.filter((frame) => frame.type === 'error')).toEqual([]);
+  });
+  it("charges each subscription a renewal re-checks a token of the principal's budget, waiting for it when there is none", async () => {
+    // A re-check reads the task and asks authorize, a subscribe's work, for each subscription; a renewal
+    // paid one token for all of them, so renewals sent as each re-check ended read the store a hundred
+    // times as often as the budget allowed. Budget: 10 tokens (the burst: maxSubscriptionsPerPrincipal),
+    // 5 a second, on a clock that stands still until the test moves it.
+    const clock = new ManualClock();
+    let checks = 0;
+    const { server } = await session.start({
+      authenticate: () => null,
+      authenticateToken: tokenAuth,
+      authorize: (principal, task) => {
+        checks += 1;
+        return task.owner === principal.id;
+      },
+      heartbeatIntervalMs: 60_000,
+      rateLimitPerPrincipalPerSecond: 5,
+      maxSubscriptionsPerPrincipal: 10,
+      clock: clock.now,
+    });
+    const tasks: Task[] = [];
+    for (let i = 0; i < 10; i++) tasks.push(await server.tasks.create({ owner: 'alice', kind: 'k' }));
+    const client = await authed('token-alice');
+    for (const task of tasks) client.send({ type: 'subscribe', taskId: task.id, afterSeq: 0 });
+    await client.next(() => client.frames.filter((frame) => frame.type === 'snapshot').length === 10);
+    // The subscribes spent the burst (and the auth frame one more); two seconds refill it.
+    clock.advance(2000);
+    checks = 0;
+    const from = client.frames.length;
+    client.send({ type: 'auth', token: 'token-alice', protocol: 2 });
+    await client.next((frame) => frame.type === 'hello', { from });
+    // The auth frame took one token, the re-check nine: the tenth subscription waits for the budget.
+    await vi.waitFor(() => expect(checks).toBe(9));
+    await sleep(300);
+    expect(checks).toBe(9);
+    // A second renewal is refused for the budget (nothing more is read for it).
+    client.send({ type: 'auth', token: 'token-alice', protocol: 2, id: 'again' } as never);
+    await client.next((frame) => frame.type === 'error' && frame.code === 'rate_limited', { from });
+    await sleep(100);
+    expect(checks).toBe(9);
+    // The budget refills: the re-check goes on, and the tenth task's events flow again.
+    clock.advance(1000);
+    await vi.waitFor(() => expect(checks).toBe(10));
+    await tasks[9]!.progress({ done: 1 });
+    await client.next(
+      (frame) =>
+        frame.type === 'event' &&
+        (frame.event as { taskId: string }).taskId === tasks[9]!.id &&
+        seqOf(frame) === 1,
+      { from },
+    );
+    expect(
+      client.frames.slice(from).filter((frame) => frame.type === 'error' && frame.code !== 'rate_limited'),
+    ).toEqual([]);
   });
 });
 
