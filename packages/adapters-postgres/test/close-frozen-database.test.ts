@@ -1,9 +1,8 @@
-import { connect, type Socket } from 'node:net';
 import { Kysely, PostgresDialect } from 'kysely';
 import pg from 'pg';
 import { afterEach, describe, expect, it } from 'vitest';
 import { type PgListenClient, PostgresProgressStore } from '../src/index.js';
-import { loopbackServer, pgUrl, settlesWithin, storeFixtures } from './support.js';
+import { blackHoleProxy, pgUrl, settlesWithin, storeFixtures } from './support.js';
 
 /**
  * `close()` while the database stopped answering the statements already sent (its host frozen, a network
@@ -13,42 +12,6 @@ import { loopbackServer, pgUrl, settlesWithin, storeFixtures } from './support.j
  */
 
 const { migrated } = storeFixtures('frozenclose');
-
-/**
- * A TCP proxy to the test server that can be switched to a black hole: from then on it forwards nothing
- * in either direction and ends no socket (as `listen-close-blackholed.test.ts`'s).
- */
-async function blackHoleProxy() {
-  const target = new URL(pgUrl());
-  let blackHoled = false;
-  const proxy = await loopbackServer({ allowHalfOpen: true }, (client: Socket) => {
-    const upstream = connect({
-      host: target.hostname,
-      port: Number(target.port || 5432),
-      allowHalfOpen: true,
-    });
-    proxy.track(upstream);
-    client.on('data', (chunk) => {
-      if (!blackHoled) upstream.write(chunk);
-    });
-    upstream.on('data', (chunk) => {
-      if (!blackHoled) client.write(chunk);
-    });
-    client.on('end', () => {
-      if (!blackHoled) upstream.end();
-    });
-    upstream.on('end', () => {
-      if (!blackHoled) client.end();
-    });
-  });
-  return {
-    url: proxy.url,
-    blackHole() {
-      blackHoled = true;
-    },
-    close: () => proxy.close(),
-  };
-}
 
 const cleanups: Array<() => Promise<unknown>> = [];
 afterEach(async () => {

@@ -1,5 +1,11 @@
 import { randomBytes } from 'node:crypto';
-import { type AddressInfo, createServer, type ServerOpts, type Socket } from 'node:net';
+import {
+  type AddressInfo,
+  connect as connectTcp,
+  createServer,
+  type ServerOpts,
+  type Socket,
+} from 'node:net';
 import type { ProgressError, ProgressStore, TaskChange } from '@finishline/core';
 import { Kysely, PostgresDialect } from 'kysely';
 import pg from 'pg';
@@ -393,6 +399,49 @@ export async function loopbackServer(
       for (const socket of sockets) socket.destroy();
       await new Promise((resolve) => server.close(resolve));
     },
+  };
+}
+
+/**
+ * A TCP proxy to the test server that can be switched to a black hole: from then on it forwards
+ * nothing in either direction and neither ends nor closes a socket, as a dead peer behind a firewall.
+ * Half-open sockets are allowed, so a client's FIN gets no FIN back.
+ */
+export async function blackHoleProxy() {
+  const target = new URL(pgUrl());
+  /** The proxy's ends of the connections clients opened to it. */
+  const inbound = new Set<Socket>();
+  let blackHoled = false;
+  const proxy = await loopbackServer({ allowHalfOpen: true }, (client) => {
+    const upstream = connectTcp({
+      host: target.hostname,
+      port: Number(target.port || 5432),
+      allowHalfOpen: true,
+    });
+    proxy.track(upstream);
+    inbound.add(client);
+    client.on('close', () => inbound.delete(client));
+    client.on('data', (chunk) => {
+      if (!blackHoled) upstream.write(chunk);
+    });
+    upstream.on('data', (chunk) => {
+      if (!blackHoled) client.write(chunk);
+    });
+    client.on('end', () => {
+      if (!blackHoled) upstream.end();
+    });
+    upstream.on('end', () => {
+      if (!blackHoled) client.end();
+    });
+  });
+  return {
+    url: proxy.url,
+    /** Connections from clients that are open on the proxy's side. */
+    inbound: () => [...inbound],
+    blackHole() {
+      blackHoled = true;
+    },
+    close: () => proxy.close(),
   };
 }
 
