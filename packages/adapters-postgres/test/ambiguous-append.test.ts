@@ -5,9 +5,8 @@ import pg from 'pg';
 import { afterEach, describe, expect, it } from 'vitest';
 import { PostgresProgressStore } from '../src/index.js';
 import {
-  dropSchema,
   eventually,
-  freshSchema,
+  freshSchemaWithAdmin,
   headerAuthenticate,
   newPool,
   pgUrl,
@@ -31,12 +30,7 @@ afterEach(async () => {
 
 /** `db`: the store opened on a Kysely instance of the pool (its clients given the `error` listener, as the option asks). */
 async function setup({ db = false, closeTimeoutMs }: { db?: boolean; closeTimeoutMs?: number } = {}) {
-  const schema = freshSchema('ambig');
-  const admin = newPool(3, 'finishline-test-admin');
-  cleanups.push(async () => {
-    await dropSchema(admin, schema);
-    await admin.end();
-  });
+  const { schema, admin } = freshSchemaWithAdmin('ambig', cleanups, 3);
   const real = newPool(6, 'ambiguous-append');
   cleanups.push(() => real.end());
   const dropped = { armed: false, count: 0 };

@@ -43,6 +43,24 @@ export function freshSchema(prefix = 't'): string {
   return `${prefix}_${randomBytes(6).toString('hex')}`;
 }
 
+/**
+ * A fresh schema's name (see {@link freshSchema}) and an admin pool of `max` connections, the schema dropped
+ * and the pool ended by the cleanup pushed on `cleanups`.
+ */
+export function freshSchemaWithAdmin(
+  prefix: string,
+  cleanups: { push(cleanup: () => Promise<void>): unknown },
+  max = 2,
+): { schema: string; admin: pg.Pool } {
+  const schema = freshSchema(prefix);
+  const admin = newPool(max, 'finishline-test-admin');
+  cleanups.push(async () => {
+    await dropSchema(admin, schema);
+    await admin.end();
+  });
+  return { schema, admin };
+}
+
 /** Drops a test schema and everything in it. */
 export async function dropSchema(pool: pg.Pool, schema: string): Promise<void> {
   await pool.query(`DROP SCHEMA IF EXISTS ${pg.escapeIdentifier(schema)} CASCADE`);
