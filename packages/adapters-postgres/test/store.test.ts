@@ -484,8 +484,7 @@ describe('appends', () => {
     const schema = await migrated();
     const name = `order-${schema}`;
     const own = newPool(4, name);
-    const holder = new pg.Client({ connectionString: pgUrl() });
-    await holder.connect();
+    let holder: Awaited<ReturnType<typeof holdRows>> | undefined;
     try {
       const store = await open({ schema, pool: own });
       for (const id of ['damaged', 'held']) {
@@ -493,8 +492,7 @@ describe('appends', () => {
         await store.append(id, { type: 'progress', done: 1 });
       }
       await pool.query(`UPDATE ${pg.escapeIdentifier(schema)}.tasks SET seq = 0 WHERE id = 'damaged'`);
-      await holder.query('BEGIN');
-      await holder.query(`SELECT id FROM ${pg.escapeIdentifier(schema)}.tasks WHERE id = 'held' FOR UPDATE`);
+      holder = await holdRows(schema, ['held']);
       const waiting = async () =>
         (
           await pool.query(
@@ -517,8 +515,7 @@ describe('appends', () => {
       await expect(first).resolves.toMatchObject({ event: { seq: 2 }, task: { message: 'first' } });
       await expect(second).resolves.toMatchObject({ event: { seq: 3 }, task: { message: 'second' } });
     } finally {
-      await holder.query('ROLLBACK');
-      await holder.end();
+      await holder?.end();
       await Promise.all(stores.splice(0).map((store) => store.close()));
       await own.end();
     }
@@ -528,13 +525,11 @@ describe('appends', () => {
     const schema = await migrated();
     const timed = new pg.Pool({ connectionString: pgUrl(), max: 4, options: '-c statement_timeout=100' });
     timed.on('error', () => {});
-    const holder = new pg.Client({ connectionString: pgUrl() });
-    await holder.connect();
+    let holder: Awaited<ReturnType<typeof holdRows>> | undefined;
     try {
       const store = await open({ schema, pool: timed });
       for (const id of ['held', 'free']) await store.createTask({ id, owner: 'alice', kind: 'k' });
-      await holder.query('BEGIN');
-      await holder.query(`SELECT id FROM ${pg.escapeIdentifier(schema)}.tasks WHERE id = 'held' FOR UPDATE`);
+      holder = await holdRows(schema, ['held']);
       const [held, free] = [
         rejectionOf(store.append('held', { type: 'progress' })),
         store.append('free', { type: 'progress' }),
@@ -550,8 +545,7 @@ describe('appends', () => {
       expect(rows[0].n).toBe(0);
       await expect(store.append('held', { type: 'progress' })).resolves.toMatchObject({ event: { seq: 1 } });
     } finally {
-      await holder.query('ROLLBACK');
-      await holder.end();
+      await holder?.end();
       await Promise.all(stores.splice(0).map((store) => store.close()));
       await timed.end();
     }
