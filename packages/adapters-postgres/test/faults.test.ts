@@ -475,6 +475,15 @@ async function letListenerBack(
   return before;
 }
 
+/** The writer ends `job`'s new run; by then the observer published exactly `1`, `2T` of it since `before`. */
+async function expectNewRunEnded(writer: PostgresProgressStore, recorder: Recorder, before: number) {
+  await writer.append('job', { type: 'completed' });
+  await eventually('the second run ends on the observer', () =>
+    changesOf(recorder, 'job', before).includes('2T'),
+  );
+  expect(changesOf(recorder, 'job', before)).toEqual(['1', '2T']);
+}
+
 /**
  * {@link observingFirstRun} in a new schema with a re-read the test can hold
  * ({@link rereadHoldingListenClients}), no barrier moving the mark and no timed poll, and the LISTEN
@@ -532,11 +541,7 @@ describe('retention while the LISTEN connection is away', () => {
     await writer.createTask({ id: 'job', owner: 'alice', kind: 'k' });
     const before = await letListenerBack(observer, listen, recorder);
     await writer.append('job', { type: 'item', key: 'n1', ok: true });
-    await writer.append('job', { type: 'completed' });
-    await eventually('the second run ends on the observer', () =>
-      changesOf(recorder, 'job', before).includes('2T'),
-    );
-    expect(changesOf(recorder, 'job', before)).toEqual(['1', '2T']);
+    await expectNewRunEnded(writer, recorder, before);
     expect(observer.changes.stats().missedByNotifications).toBe(0);
   });
 
@@ -559,11 +564,7 @@ describe('retention while the LISTEN connection is away', () => {
     await takeListenerDown(observer, listen);
     listen.unblock();
     await eventually('the observer reconnects', () => observer.changes.stats().reconnects >= 1);
-    await writer.append('job', { type: 'completed' });
-    await eventually('the second run ends on the observer', () =>
-      changesOf(recorder, 'job', before).includes('2T'),
-    );
-    expect(changesOf(recorder, 'job', before)).toEqual(['1', '2T']);
+    await expectNewRunEnded(writer, recorder, before);
   });
 
   it('knows its own purge, made while away, when the re-read finds its record: nothing is published twice', async () => {
@@ -584,11 +585,7 @@ describe('retention while the LISTEN connection is away', () => {
     );
     listen.unblock();
     await eventually('the observer reconnects', () => observer.changes.health().connected);
-    await writer.append('job', { type: 'completed' });
-    await eventually('the second run ends on the observer', () =>
-      changesOf(recorder, 'job', before).includes('2T'),
-    );
-    expect(changesOf(recorder, 'job', before)).toEqual(['1', '2T']);
+    await expectNewRunEnded(writer, recorder, before);
   });
 
   it("reports the notifications that arrive during its re-read after the re-read's rows", async () => {
