@@ -5,9 +5,8 @@ import pg from 'pg';
 import { afterEach, describe, expect, it } from 'vitest';
 import { PostgresProgressStore } from '../src/index.js';
 import {
-  dropSchema,
   eventually,
-  freshSchema,
+  freshSchemaWithAdmin,
   headerAuthenticate,
   newPool,
   pgUrl,
@@ -31,12 +30,7 @@ afterEach(async () => {
 
 /** `db`: the store opened on a Kysely instance of the pool (its clients given the `error` listener, as the option asks). */
 async function setup({ db = false, closeTimeoutMs }: { db?: boolean; closeTimeoutMs?: number } = {}) {
-  const schema = freshSchema('ambig');
-  const admin = newPool(3, 'finishline-test-admin');
-  cleanups.push(async () => {
-    await dropSchema(admin, schema);
-    await admin.end();
-  });
+  const { schema, admin } = freshSchemaWithAdmin('ambig', cleanups, 3);
   const real = newPool(6, 'ambiguous-append');
   cleanups.push(() => real.end());
   const dropped = { armed: false, count: 0 };
@@ -86,7 +80,59 @@ async function setup({ db = false, closeTimeoutMs }: { db?: boolean; closeTimeou
     );
     return rows.length;
   };
-  return { store, admin, schema, dropped, refused, slowNextInsert, itemEvents };
+  /** The pids of the store's backends (the pool's, not the admin's) that match `where` in pg_stat_activity. */
+  const storePids = async (where: string) => {
+    const { rows } = await admin.query<{ pid: number }>(
+      `SELECT pid FROM pg_stat_activity WHERE application_name = 'ambiguous-append' AND ${where}`,
+    );
+    return rows.map((row) => row.pid);
+  };
+  /**
+   * Appends an item to a new task `t` whose insert sleeps, holding the task's row, then terminates the append's
+   * backend while another transaction queues for that row: the holder has it once the terminated statement lets
+   * it go, and keeps it until `release`. `settledAt()`: when the append settled, if it has.
+   */
+  const appendTerminatedBehindHolder = async () => {
+    await store.createTask({ id: 't', owner: 'alice', kind: 'k' });
+    await slowNextInsert();
+    let settledAt: number | undefined;
+    const appended = store.append('t', { type: 'item', key: 'x', ok: true });
+    appended.then(
+      () => (settledAt = Date.now()),
+      () => (settledAt = Date.now()),
+    );
+    let sleeping: number[] = [];
+    await eventually('the append sleeps in its insert', async () => {
+      sleeping = await storePids(`wait_event = 'PgSleep'`);
+      return sleeping.length === 1;
+    });
+    const holder = await admin.connect();
+    const release = async () => {
+      await holder.query('ROLLBACK').catch(() => {});
+      holder.release();
+    };
+    try {
+      const { rows: backend } = await holder.query<{ pid: number }>('SELECT pg_backend_pid() AS pid');
+      await holder.query('BEGIN');
+      const locking = holder.query(
+        `SELECT 1 FROM ${pg.escapeIdentifier(schema)}.tasks WHERE id = 't' FOR UPDATE`,
+      );
+      await eventually('the holder queues for the row', async () => {
+        const { rows } = await admin.query<{ n: number }>(
+          `SELECT count(*)::int AS n FROM pg_stat_activity WHERE pid = $1 AND wait_event_type = 'Lock'`,
+          [backend[0]?.pid],
+        );
+        return rows[0]?.n === 1;
+      });
+      await admin.query('SELECT pg_terminate_backend($1)', [sleeping[0]]);
+      await locking;
+    } catch (error) {
+      await release();
+      throw error;
+    }
+    return { appended, settledAt: () => settledAt, release };
+  };
+  return { store, dropped, refused, slowNextInsert, itemEvents, storePids, appendTerminatedBehindHolder };
 }
 
 describe('an append whose connection dropped and that commits afterwards', () => {
@@ -115,53 +161,18 @@ describe('an append whose connection dropped and that commits afterwards', () =>
       // driver saw the close. The wait for the append's rows (`#settleUnknown`) drew that dead connection again,
       // failed at once, and the append was rejected without waiting: a read then could come before a commit
       // the server did not report.
-      const { store, admin, schema, slowNextInsert } = await setup({ db });
-      await store.createTask({ id: 't', owner: 'alice', kind: 'k' });
-      await slowNextInsert();
-      const appendPids = async (where: string) => {
-        const { rows } = await admin.query<{ pid: number }>(
-          `SELECT pid FROM pg_stat_activity WHERE application_name = 'ambiguous-append' AND ${where}`,
-        );
-        return rows.map((row) => row.pid);
-      };
-      let settled = false;
-      const appended = store.append('t', { type: 'item', key: 'x', ok: true });
-      appended.then(
-        () => (settled = true),
-        () => (settled = true),
-      );
+      const { store, storePids, appendTerminatedBehindHolder } = await setup({ db });
       // The append's statement sleeps in the trigger, holding the task's row.
-      let sleeping: number[] = [];
-      await eventually('the append sleeps in its insert', async () => {
-        sleeping = await appendPids(`wait_event = 'PgSleep'`);
-        return sleeping.length === 1;
-      });
-      // Another transaction queues for the row, and has it once the terminated statement lets it go.
-      const holder = await admin.connect();
+      const { appended, settledAt, release } = await appendTerminatedBehindHolder();
       try {
-        const { rows: backend } = await holder.query<{ pid: number }>('SELECT pg_backend_pid() AS pid');
-        await holder.query('BEGIN');
-        const locking = holder.query(
-          `SELECT 1 FROM ${pg.escapeIdentifier(schema)}.tasks WHERE id = 't' FOR UPDATE`,
-        );
-        await eventually('the holder queues for the row', async () => {
-          const { rows } = await admin.query<{ n: number }>(
-            `SELECT count(*)::int AS n FROM pg_stat_activity WHERE pid = $1 AND wait_event_type = 'Lock'`,
-            [backend[0]?.pid],
-          );
-          return rows[0]?.n === 1;
-        });
-        await admin.query('SELECT pg_terminate_backend($1)', [sleeping[0]]);
-        await locking;
         // The append's wait for its rows queues behind the holder, on a connection other than the dead one.
         await eventually(
           'the append is rejected or waits for its rows',
-          async () => settled || (await appendPids(`wait_event_type = 'Lock'`)).length === 1,
+          async () => settledAt() !== undefined || (await storePids(`wait_event_type = 'Lock'`)).length === 1,
         );
-        expect(settled).toBe(false);
+        expect(settledAt()).toBeUndefined();
       } finally {
-        await holder.query('ROLLBACK').catch(() => {});
-        holder.release();
+        await release();
       }
       await expect(appended).rejects.toMatchObject({ code: ErrorCode.StoreUnavailable });
       // And the store goes on, on live connections.
@@ -174,54 +185,20 @@ describe('an append whose connection dropped and that commits afterwards', () =>
     // close() past closeTimeoutMs destroys the connections the store holds, this wait's among them; it failed
     // as a dead connection does, and was tried again on a new one, after close() (on a pool the caller may be
     // ending), waiting for the held row until its own bound, seconds after close() returned.
-    const { store, admin, schema, slowNextInsert } = await setup({ closeTimeoutMs: 200 });
-    await store.createTask({ id: 't', owner: 'alice', kind: 'k' });
-    await slowNextInsert();
-    const lockWaiters = async () => {
-      const { rows } = await admin.query<{ n: number }>(
-        `SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = 'ambiguous-append' AND wait_event_type = 'Lock'`,
-      );
-      return rows[0]?.n ?? 0;
-    };
-    let settledAt: number | undefined;
-    const appended = store.append('t', { type: 'item', key: 'x', ok: true });
-    appended.then(
-      () => (settledAt = Date.now()),
-      () => (settledAt = Date.now()),
-    );
-    let sleeping: number | undefined;
-    await eventually('the append sleeps in its insert', async () => {
-      const { rows } = await admin.query<{ pid: number }>(
-        `SELECT pid FROM pg_stat_activity WHERE application_name = 'ambiguous-append' AND wait_event = 'PgSleep'`,
-      );
-      sleeping = rows[0]?.pid;
-      return sleeping !== undefined;
-    });
+    const { store, storePids, appendTerminatedBehindHolder } = await setup({ closeTimeoutMs: 200 });
     // The holder has the row once the terminated statement lets it go, and keeps it: the wait waits.
-    const holder = await admin.connect();
+    const { appended, settledAt, release } = await appendTerminatedBehindHolder();
     try {
-      const { rows: backend } = await holder.query<{ pid: number }>('SELECT pg_backend_pid() AS pid');
-      await holder.query('BEGIN');
-      const locking = holder.query(
-        `SELECT 1 FROM ${pg.escapeIdentifier(schema)}.tasks WHERE id = 't' FOR UPDATE`,
+      await eventually(
+        'the append waits for its rows',
+        async () => (await storePids(`wait_event_type = 'Lock'`)).length === 1,
       );
-      await eventually('the holder queues for the row', async () => {
-        const { rows } = await admin.query<{ n: number }>(
-          `SELECT count(*)::int AS n FROM pg_stat_activity WHERE pid = $1 AND wait_event_type = 'Lock'`,
-          [backend[0]?.pid],
-        );
-        return rows[0]?.n === 1;
-      });
-      await admin.query('SELECT pg_terminate_backend($1)', [sleeping]);
-      await locking;
-      await eventually('the append waits for its rows', async () => (await lockWaiters()) === 1);
       const closedAt = Date.now();
       await store.close();
       await expect(appended).rejects.toMatchObject({ code: ErrorCode.StoreUnavailable });
-      expect((settledAt ?? Number.POSITIVE_INFINITY) - closedAt).toBeLessThan(2000);
+      expect((settledAt() ?? Number.POSITIVE_INFINITY) - closedAt).toBeLessThan(2000);
     } finally {
-      await holder.query('ROLLBACK').catch(() => {});
-      holder.release();
+      await release();
     }
   }, 30_000);
 

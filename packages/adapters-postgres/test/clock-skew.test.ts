@@ -1,6 +1,6 @@
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { PostgresProgressStore } from '../src/index.js';
-import { dropSchema, freshSchema, newPool } from './support.js';
+import { freshSchemaWithAdmin, newPool } from './support.js';
 
 /**
  * Replicas sharing one database whose clocks disagree (NTP drift, a VM resumed with its clock seconds off,
@@ -31,12 +31,7 @@ async function skewed<T>(skewMs: number, call: () => Promise<T>): Promise<T> {
 async function twoReplicas(
   onSchema?: (admin: ReturnType<typeof newPool>, schema: string) => void,
 ): Promise<[PostgresProgressStore, PostgresProgressStore]> {
-  const schema = freshSchema('skew');
-  const admin = newPool(2, 'finishline-test-admin');
-  cleanups.push(async () => {
-    await dropSchema(admin, schema);
-    await admin.end();
-  });
+  const { schema, admin } = freshSchemaWithAdmin('skew', cleanups);
   onSchema?.(admin, schema);
   const replicas: PostgresProgressStore[] = [];
   for (let i = 0; i < 2; i++) {

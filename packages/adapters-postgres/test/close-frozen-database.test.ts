@@ -1,9 +1,8 @@
-import { connect, type Socket } from 'node:net';
 import { Kysely, PostgresDialect } from 'kysely';
 import pg from 'pg';
 import { afterEach, describe, expect, it } from 'vitest';
 import { type PgListenClient, PostgresProgressStore } from '../src/index.js';
-import { loopbackServer, pgUrl, settlesWithin, storeFixtures } from './support.js';
+import { blackHoleProxy, pgUrl, settlesWithin, storeFixtures } from './support.js';
 
 /**
  * `close()` while the database stopped answering the statements already sent (its host frozen, a network
@@ -13,42 +12,6 @@ import { loopbackServer, pgUrl, settlesWithin, storeFixtures } from './support.j
  */
 
 const { migrated } = storeFixtures('frozenclose');
-
-/**
- * A TCP proxy to the test server that can be switched to a black hole: from then on it forwards nothing
- * in either direction and ends no socket (as `listen-close-blackholed.test.ts`'s).
- */
-async function blackHoleProxy() {
-  const target = new URL(pgUrl());
-  let blackHoled = false;
-  const proxy = await loopbackServer({ allowHalfOpen: true }, (client: Socket) => {
-    const upstream = connect({
-      host: target.hostname,
-      port: Number(target.port || 5432),
-      allowHalfOpen: true,
-    });
-    proxy.track(upstream);
-    client.on('data', (chunk) => {
-      if (!blackHoled) upstream.write(chunk);
-    });
-    upstream.on('data', (chunk) => {
-      if (!blackHoled) client.write(chunk);
-    });
-    client.on('end', () => {
-      if (!blackHoled) upstream.end();
-    });
-    upstream.on('end', () => {
-      if (!blackHoled) client.end();
-    });
-  });
-  return {
-    url: proxy.url,
-    blackHole() {
-      blackHoled = true;
-    },
-    close: () => proxy.close(),
-  };
-}
 
 const cleanups: Array<() => Promise<unknown>> = [];
 afterEach(async () => {
@@ -88,21 +51,39 @@ async function storeBehindProxy({
   return { proxy, pool, store };
 }
 
+/** A task given one event, then the database black-holed, and a second append sent into it 50 ms ago. */
+async function appendedIntoBlackHole({ proxy, store }: Awaited<ReturnType<typeof storeBehindProxy>>) {
+  const task = await store.createTask({ owner: 'alice', kind: 'k' });
+  await store.append(task.id, { type: 'progress', done: 1 });
+  proxy.blackHole();
+  const appended = store.append(task.id, { type: 'progress', done: 2 });
+  appended.catch(() => undefined);
+  // The append's transaction is sent (into the black hole) before close() starts.
+  await new Promise((resolve) => setTimeout(resolve, 50));
+  return { appended }; // in an object: an async function's return would wait for it
+}
+
+/** `store.close()` returns within 10 s, `what` (the message) in flight at it. */
+async function expectCloses(store: PostgresProgressStore, what: string) {
+  expect(await settlesWithin(store.close(), 10_000), `store.close() with ${what}`).toBe('closed');
+}
+
+/** `promise`, in flight at close(), settles (either way) within 2 s of its return. */
+async function expectSettles(promise: Promise<unknown>, what: string) {
+  const settled = promise.then(
+    () => undefined,
+    () => undefined,
+  );
+  expect(await settlesWithin(settled, 2000), what).toBe('closed');
+}
+
 describe('close() with statements in flight to a database that stopped answering', () => {
   it('returns after closeTimeoutMs, failing the append in flight, and leaves the pool able to end', async () => {
-    const { proxy, pool, store } = await storeBehindProxy();
-    const task = await store.createTask({ owner: 'alice', kind: 'k' });
-    await store.append(task.id, { type: 'progress', done: 1 });
-
-    proxy.blackHole();
-    const appended = store.append(task.id, { type: 'progress', done: 2 });
-    appended.catch(() => undefined);
-    // The append's transaction is sent (into the black hole) before close() starts.
-    await new Promise((resolve) => setTimeout(resolve, 50));
+    const stored = await storeBehindProxy();
+    const { pool, store } = stored;
+    const { appended } = await appendedIntoBlackHole(stored);
     const started = Date.now();
-    expect(await settlesWithin(store.close(), 10_000), 'store.close() with an append unanswered').toBe(
-      'closed',
-    );
+    await expectCloses(store, 'an append unanswered');
     expect(Date.now() - started).toBeGreaterThanOrEqual(250);
     await expect(appended).rejects.toMatchObject({ code: 'store_unavailable' });
     // Only the client holding the append was destroyed, and the pool let it go: what is left of the pool
@@ -113,18 +94,10 @@ describe('close() with statements in flight to a database that stopped answering
   it('with db, returns after closeTimeoutMs, not twice that: it cannot cut the connections, so nothing more can settle', async () => {
     // Past closeTimeoutMs it waited as long again for the statements that destroyHeld fails at once with
     // pool; with db nothing is destroyed, and close() took twice the bound the option documents.
-    const { proxy, store } = await storeBehindProxy({ db: true, closeTimeoutMs: 1500 });
-    const task = await store.createTask({ owner: 'alice', kind: 'k' });
-    await store.append(task.id, { type: 'progress', done: 1 });
-
-    proxy.blackHole();
-    const appended = store.append(task.id, { type: 'progress', done: 2 });
-    appended.catch(() => undefined);
-    await new Promise((resolve) => setTimeout(resolve, 50));
+    const stored = await storeBehindProxy({ db: true, closeTimeoutMs: 1500 });
+    await appendedIntoBlackHole(stored);
     const started = Date.now();
-    expect(await settlesWithin(store.close(), 10_000), 'store.close() with an append unanswered').toBe(
-      'closed',
-    );
+    await expectCloses(stored.store, 'an append unanswered');
     const tookMs = Date.now() - started;
     expect(tookMs).toBeGreaterThanOrEqual(1400);
     expect(tookMs, 'close() past closeTimeoutMs (1500 ms) with db').toBeLessThan(2900);
@@ -145,17 +118,11 @@ describe('close() with statements in flight to a database that stopped answering
     const queued = store.append(second.id, { type: 'progress', done: 2 });
     queued.catch(() => undefined);
     await new Promise((resolve) => setTimeout(resolve, 50));
-    expect(await settlesWithin(store.close(), 10_000), 'store.close() with an append unanswered').toBe(
-      'closed',
-    );
+    await expectCloses(store, 'an append unanswered');
     await expect(sent).rejects.toMatchObject({ code: 'store_unavailable' });
     // Sent once close() stopped waiting, it went to a new connection through the black hole, and never
     // settled (nor would the caller's end() of the pool, which waits for that connection).
-    const settled = queued.then(
-      () => undefined,
-      () => undefined,
-    );
-    expect(await settlesWithin(settled, 2000), 'the append queued at close()').toBe('closed');
+    await expectSettles(queued, 'the append queued at close()');
     await expect(queued).rejects.toMatchObject({ code: 'closed' });
     expect(pool.totalCount).toBe(pool.idleCount);
   }, 30_000);
@@ -176,14 +143,8 @@ describe('close() with statements in flight to a database that stopped answering
     const read = store.readEvents(task.id, 0);
     read.catch(() => undefined);
     await new Promise((resolve) => setTimeout(resolve, 50));
-    expect(await settlesWithin(store.close(), 10_000), 'store.close() with an append unanswered').toBe(
-      'closed',
-    );
-    const settled = read.then(
-      () => undefined,
-      () => undefined,
-    );
-    expect(await settlesWithin(settled, 2000), 'the read in flight at close()').toBe('closed');
+    await expectCloses(store, 'an append unanswered');
+    await expectSettles(read, 'the read in flight at close()');
     await expect(read).rejects.toMatchObject({ code: 'store_unavailable' });
     expect(pool.totalCount).toBe(pool.idleCount);
   }, 30_000);
@@ -199,14 +160,8 @@ describe('close() with statements in flight to a database that stopped answering
     const appended = store.append(task.id, { type: 'progress', done: 1 });
     appended.catch(() => undefined);
     await new Promise((resolve) => setTimeout(resolve, 50));
-    expect(await settlesWithin(store.close(), 10_000), 'store.close() with an append connecting').toBe(
-      'closed',
-    );
-    const settled = appended.then(
-      () => undefined,
-      () => undefined,
-    );
-    expect(await settlesWithin(settled, 2000), 'the append connecting at close()').toBe('closed');
+    await expectCloses(store, 'an append connecting');
+    await expectSettles(appended, 'the append connecting at close()');
     await expect(appended).rejects.toMatchObject({ code: 'closed' });
     for (const client of taken) client.release();
   }, 30_000);

@@ -2,7 +2,7 @@ import { Kysely, PostgresDialect } from 'kysely';
 import pg from 'pg';
 import { afterEach, describe, expect, it } from 'vitest';
 import { PostgresProgressStore } from '../src/index.js';
-import { dropSchema, eventually, freshSchema, newPool, pgUrl } from './support.js';
+import { eventually, freshSchemaWithAdmin, newPool, pgUrl } from './support.js';
 
 /**
  * A read whose backend the server ends while it runs (`pg_terminate_backend`, `idle_session_timeout`, a
@@ -24,12 +24,7 @@ describe('a read whose backend is terminated mid-statement', () => {
     { with: 'pool', db: false },
     { with: 'db', db: true },
   ])('is read again on a live connection (with $with)', async ({ db }) => {
-    const schema = freshSchema('deadread');
-    const admin = newPool(3, 'finishline-test-admin');
-    cleanups.push(async () => {
-      await dropSchema(admin, schema);
-      await admin.end();
-    });
+    const { schema, admin } = freshSchemaWithAdmin('deadread', cleanups, 3);
     const pool = newPool(4, 'dead-connection-read');
     // What the db option asks of the caller (see its doc): an error listener on each client.
     if (db) pool.on('connect', (client) => client.on('error', () => {}));

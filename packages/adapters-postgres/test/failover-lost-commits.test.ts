@@ -6,14 +6,7 @@ import { ProgressServer } from '@finishline/server';
 import pg from 'pg';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import WebSocket from 'ws';
-import {
-  dropSchema,
-  eventually,
-  freshSchema,
-  headerAuthenticate,
-  newPool,
-  queryHookedPool,
-} from './support.js';
+import { eventually, freshSchemaWithAdmin, headerAuthenticate, newPool, queryHookedPool } from './support.js';
 
 /**
  * A failover to an asynchronous standby that had not received the last committed transactions: the
@@ -29,12 +22,7 @@ afterEach(async () => {
 });
 
 async function serveFreshSchema(prefix: string, workerHook?: Parameters<typeof queryHookedPool>[1]) {
-  const schema = freshSchema(prefix);
-  const admin = newPool(2, 'finishline-test-admin');
-  cleanups.push(async () => {
-    await dropSchema(admin, schema);
-    await admin.end();
-  });
+  const { schema, admin } = freshSchemaWithAdmin(prefix, cleanups);
   const pool = newPool(4);
   const reported: ProgressError[] = [];
   const onError = (error: ProgressError) => reported.push(error);
@@ -95,12 +83,7 @@ describe('a failover that lost committed transactions', () => {
   // Review of 6 December 2026: a renewal of the epoch that failed was tried again on a 1 s timer that
   // close() did not clear: the closed store left it behind.
   it('leaves no retry of a failed epoch renewal behind after close', async () => {
-    const schema = freshSchema('failover_retry');
-    const admin = newPool(2, 'finishline-test-admin');
-    cleanups.push(async () => {
-      await dropSchema(admin, schema);
-      await admin.end();
-    });
+    const { schema, admin } = freshSchemaWithAdmin('failover_retry', cleanups);
     const realPool = newPool(3);
     cleanups.push(() => realPool.end());
     const pool = queryHookedPool(realPool, (_client, statement, run) => {

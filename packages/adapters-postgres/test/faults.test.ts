@@ -475,6 +475,15 @@ async function letListenerBack(
   return before;
 }
 
+/** The writer ends `job`'s new run; by then the observer published exactly `1`, `2T` of it since `before`. */
+async function expectNewRunEnded(writer: PostgresProgressStore, recorder: Recorder, before: number) {
+  await writer.append('job', { type: 'completed' });
+  await eventually('the second run ends on the observer', () =>
+    changesOf(recorder, 'job', before).includes('2T'),
+  );
+  expect(changesOf(recorder, 'job', before)).toEqual(['1', '2T']);
+}
+
 /**
  * {@link observingFirstRun} in a new schema with a re-read the test can hold
  * ({@link rereadHoldingListenClients}), no barrier moving the mark and no timed poll, and the LISTEN
@@ -532,11 +541,7 @@ describe('retention while the LISTEN connection is away', () => {
     await writer.createTask({ id: 'job', owner: 'alice', kind: 'k' });
     const before = await letListenerBack(observer, listen, recorder);
     await writer.append('job', { type: 'item', key: 'n1', ok: true });
-    await writer.append('job', { type: 'completed' });
-    await eventually('the second run ends on the observer', () =>
-      changesOf(recorder, 'job', before).includes('2T'),
-    );
-    expect(changesOf(recorder, 'job', before)).toEqual(['1', '2T']);
+    await expectNewRunEnded(writer, recorder, before);
     expect(observer.changes.stats().missedByNotifications).toBe(0);
   });
 
@@ -559,11 +564,7 @@ describe('retention while the LISTEN connection is away', () => {
     await takeListenerDown(observer, listen);
     listen.unblock();
     await eventually('the observer reconnects', () => observer.changes.stats().reconnects >= 1);
-    await writer.append('job', { type: 'completed' });
-    await eventually('the second run ends on the observer', () =>
-      changesOf(recorder, 'job', before).includes('2T'),
-    );
-    expect(changesOf(recorder, 'job', before)).toEqual(['1', '2T']);
+    await expectNewRunEnded(writer, recorder, before);
   });
 
   it('knows its own purge, made while away, when the re-read finds its record: nothing is published twice', async () => {
@@ -584,11 +585,7 @@ describe('retention while the LISTEN connection is away', () => {
     );
     listen.unblock();
     await eventually('the observer reconnects', () => observer.changes.health().connected);
-    await writer.append('job', { type: 'completed' });
-    await eventually('the second run ends on the observer', () =>
-      changesOf(recorder, 'job', before).includes('2T'),
-    );
-    expect(changesOf(recorder, 'job', before)).toEqual(['1', '2T']);
+    await expectNewRunEnded(writer, recorder, before);
   });
 
   it("reports the notifications that arrive during its re-read after the re-read's rows", async () => {
@@ -1209,25 +1206,41 @@ describe('a backend killed mid-transaction', () => {
   });
 });
 
+/**
+ * A pool whose next statement matching `pattern` after `holdNext()` gets its answer and then waits for the
+ * returned `held` to open; `reached` opens when it waits.
+ */
+function answerHoldingPool(pattern: RegExp) {
+  let hold: Gate | undefined;
+  let reached: Gate | undefined;
+  const hooked = queryHookedPool(pool(), async (_client, statement, run) => {
+    const result = await run();
+    if (hold !== undefined && pattern.test(statement.text)) {
+      const held = hold;
+      hold = undefined;
+      reached?.open();
+      await held.promise;
+    }
+    return result;
+  });
+  const holdNext = () => {
+    hold = gate();
+    reached = gate();
+    return { held: hold, reached };
+  };
+  return { pool: hooked, holdNext };
+}
+
 describe('the safety-net poll', () => {
   it('does not report what it read before a purge after the purge was heard: a reused id starts from seq 1', async () => {
     const schema = await migrated();
-    let hold: Gate | undefined;
-    let reached: Gate | undefined;
-    const hooked = queryHookedPool(pool(), async (_client, statement, run) => {
-      const result = await run();
-      if (
-        hold !== undefined &&
-        /SELECT id, seq, status, created_at FROM \S+ WHERE id = ANY/.test(statement.text)
-      ) {
-        const held = hold;
-        hold = undefined;
-        reached?.open();
-        await held.promise;
-      }
-      return result;
+    const hooked = answerHoldingPool(/SELECT id, seq, status, created_at FROM \S+ WHERE id = ANY/);
+    const observer = await open({
+      schema,
+      pool: hooked.pool,
+      pollIntervalMs: 3_600_000,
+      watermarkIntervalMs: 10,
     });
-    const observer = await open({ schema, pool: hooked, pollIntervalMs: 3_600_000, watermarkIntervalMs: 10 });
     const writer = await open({ schema });
     const recorder = new Recorder(observer);
     observer.changes.follow('job');
@@ -1236,9 +1249,7 @@ describe('the safety-net poll', () => {
     await writer.append('job', { type: 'completed' });
     await eventually('the observer sees the first run end', () => recorder.has('job', 4));
     const before = recorder.changes.length;
-    hold = gate();
-    reached = gate();
-    const held = hold;
+    const { held, reached } = hooked.holdNext();
     const polling = observer.pollNow();
     await reached.promise; // the poll has read the job at 4T, and waits
     const notifications = observer.changes.stats().notifications;
@@ -1345,24 +1356,11 @@ describe('close', () => {
   it('does not wait for a getTask read the database never answers; the read settles when it answers', async () => {
     // close() awaited the batched task reads in flight: one on a frozen database held it until TCP gave up.
     const schema = await migrated();
-    let hold: Gate | undefined;
-    let reached: Gate | undefined;
-    const hooked = queryHookedPool(pool(), async (_client, statement, run) => {
-      const result = await run();
-      if (hold !== undefined && /^\s*SELECT id, owner/.test(statement.text)) {
-        const held = hold;
-        hold = undefined;
-        reached?.open();
-        await held.promise;
-      }
-      return result;
-    });
-    const store = await open({ schema, pool: hooked, pollIntervalMs: 3_600_000 });
+    const hooked = answerHoldingPool(/^\s*SELECT id, owner/);
+    const store = await open({ schema, pool: hooked.pool, pollIntervalMs: 3_600_000 });
     await store.createTask({ id: 'job', owner: 'alice', kind: 'k' });
-    const held = gate();
+    const { held, reached } = hooked.holdNext();
     releases.push(held.open);
-    hold = held;
-    reached = gate();
     const read = store.getTask('job');
     await reached.promise; // the read is out, its answer held
     expect(await settlesWithin(store.close(), 3000)).toBe('closed');
@@ -1375,22 +1373,8 @@ describe('close', () => {
     // answering, a connection black-holed) held close() until TCP gave up on it, some 15 minutes, though
     // nothing it could read matters once the store is closed.
     const schema = await migrated();
-    let hold: Gate | undefined;
-    let reached: Gate | undefined;
-    const hooked = queryHookedPool(pool(), async (_client, statement, run) => {
-      const result = await run();
-      if (
-        hold !== undefined &&
-        /SELECT id, seq, status, created_at FROM \S+ WHERE id = ANY/.test(statement.text)
-      ) {
-        const held = hold;
-        hold = undefined;
-        reached?.open();
-        await held.promise;
-      }
-      return result;
-    });
-    const store = await open({ schema, pool: hooked, pollIntervalMs: 3_600_000 });
+    const hooked = answerHoldingPool(/SELECT id, seq, status, created_at FROM \S+ WHERE id = ANY/);
+    const store = await open({ schema, pool: hooked.pool, pollIntervalMs: 3_600_000 });
     const writer = await open({ schema });
     const recorder = new Recorder(store);
     store.changes.follow('job');
@@ -1402,10 +1386,8 @@ describe('close', () => {
     await admin.query(
       `INSERT INTO ${schema}.events (task_id, seq, type, time, body) VALUES ('job', 2, 'progress', 0, '{}')`,
     );
-    const held = gate();
+    const { held, reached } = hooked.holdNext();
     releases.push(held.open);
-    hold = held;
-    reached = gate();
     const polling = store.pollNow();
     await reached.promise; // the poll's read is out, its answer held
     expect(await settlesWithin(store.close(), 3000)).toBe('closed');

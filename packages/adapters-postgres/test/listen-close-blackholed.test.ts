@@ -1,8 +1,8 @@
-import { connect, type Socket } from 'node:net';
+import type { Socket } from 'node:net';
 import pg from 'pg';
 import { afterEach, describe, expect, it } from 'vitest';
 import { type PgListenClient, PostgresProgressStore } from '../src/index.js';
-import { eventually, loopbackServer, pgUrl, settlesWithin, storeFixtures } from './support.js';
+import { blackHoleProxy, eventually, settlesWithin, storeFixtures } from './support.js';
 
 /**
  * `close()` while the network to Postgres drops every packet (a firewall, a dead host, a severed link).
@@ -13,49 +13,6 @@ import { eventually, loopbackServer, pgUrl, settlesWithin, storeFixtures } from 
  */
 
 const { pool, migrated } = storeFixtures('blackhole');
-
-/**
- * A TCP proxy to the test server that can be switched to a black hole: from then on it forwards
- * nothing in either direction and neither ends nor closes a socket, as a dead peer behind a firewall.
- * Half-open sockets are allowed, so a client's FIN gets no FIN back.
- */
-async function blackHoleProxy() {
-  const target = new URL(pgUrl());
-  /** The proxy's ends of the connections clients opened to it. */
-  const inbound = new Set<Socket>();
-  let blackHoled = false;
-  const proxy = await loopbackServer({ allowHalfOpen: true }, (client) => {
-    const upstream = connect({
-      host: target.hostname,
-      port: Number(target.port || 5432),
-      allowHalfOpen: true,
-    });
-    proxy.track(upstream);
-    inbound.add(client);
-    client.on('close', () => inbound.delete(client));
-    client.on('data', (chunk) => {
-      if (!blackHoled) upstream.write(chunk);
-    });
-    upstream.on('data', (chunk) => {
-      if (!blackHoled) client.write(chunk);
-    });
-    client.on('end', () => {
-      if (!blackHoled) upstream.end();
-    });
-    upstream.on('end', () => {
-      if (!blackHoled) client.end();
-    });
-  });
-  return {
-    url: proxy.url,
-    /** Connections from clients that are open on the proxy's side. */
-    inbound: () => [...inbound],
-    blackHole() {
-      blackHoled = true;
-    },
-    close: () => proxy.close(),
-  };
-}
 
 const proxies: Array<{ close(): Promise<void> }> = [];
 afterEach(async () => {

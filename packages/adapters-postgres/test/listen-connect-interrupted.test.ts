@@ -35,6 +35,25 @@ async function silentServer() {
   };
 }
 
+/**
+ * What `opening` came to within 5 s: 'opened' (the store, closed again), its error, or 'still waiting'.
+ */
+async function openedWithin5s(opening: Promise<PostgresProgressStore>): Promise<unknown> {
+  const outcome = opening.then(
+    (store) => store.close().then(() => 'opened'),
+    (error: unknown) => error,
+  );
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const waited = new Promise((resolve) => {
+    timer = setTimeout(() => resolve('still waiting'), 5000);
+  });
+  try {
+    return await Promise.race([outcome, waited]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
 const servers: Array<{ close(): Promise<void> }> = [];
 afterEach(async () => {
   await Promise.all(servers.splice(0).map((server) => server.close()));
@@ -107,22 +126,10 @@ describe('open() against a LISTEN host that never answers', () => {
       watermarkIntervalMs: 3_600_000,
       listenConnectTimeoutMs: 200,
     });
-    const outcome = opening.then(
-      (store) => store.close().then(() => 'opened'),
-      (error: unknown) => error,
-    );
     // A liveness bound, not a timing assertion: the open fails after 200 ms, or waits for an hour and more.
-    let timer: ReturnType<typeof setTimeout> | undefined;
-    const waited = new Promise((resolve) => {
-      timer = setTimeout(() => resolve('still waiting'), 5000);
-    });
-    try {
-      const settled = await Promise.race([outcome, waited]);
-      expect(settled).toMatchObject({ code: 'store_unavailable' });
-      expect((settled as Error).message).toMatch(/did not answer its connect within 200 ms/);
-    } finally {
-      clearTimeout(timer);
-    }
+    const settled = await openedWithin5s(opening);
+    expect(settled).toMatchObject({ code: 'store_unavailable' });
+    expect((settled as Error).message).toMatch(/did not answer its connect within 200 ms/);
     await eventually('the abandoned client closes its connection', () => silent.open() === 0);
   });
 });
@@ -210,24 +217,12 @@ describe('a listenClient factory that never settles', () => {
       listenClient: () => late,
       listenConnectTimeoutMs: 200,
     });
-    const outcome = opening.then(
-      (store) => store.close().then(() => 'opened'),
-      (error: unknown) => error,
-    );
     // A liveness bound, not a timing assertion: the open fails after 200 ms, or waits for ever.
-    let timer: ReturnType<typeof setTimeout> | undefined;
-    const waited = new Promise((resolve) => {
-      timer = setTimeout(() => resolve('still waiting'), 5000);
-    });
-    try {
-      const settled = await Promise.race([outcome, waited]);
-      expect(settled).toMatchObject({ code: 'store_unavailable' });
-      expect((settled as Error).message).toMatch(
-        /did not answer its client factory \(listenClient\) within 200 ms/,
-      );
-    } finally {
-      clearTimeout(timer);
-    }
+    const settled = await openedWithin5s(opening);
+    expect(settled).toMatchObject({ code: 'store_unavailable' });
+    expect((settled as Error).message).toMatch(
+      /did not answer its client factory \(listenClient\) within 200 ms/,
+    );
     let ended = 0;
     give({
       end: async () => {

@@ -3,7 +3,7 @@ import pg from 'pg';
 import { afterEach, describe, expect, it } from 'vitest';
 import { PostgresProgressStore } from '../src/index.js';
 import { decodeNotice } from '../src/notify-payload.js';
-import { dropSchema, eventually, freshSchema, gatedListenClients, newPool, pgUrl } from './support.js';
+import { eventually, freshSchemaWithAdmin, gatedListenClients, newPool, pgUrl } from './support.js';
 
 /**
  * A task id is taken again once retention purged its task, and each run starts again at seq 1: the
@@ -19,12 +19,7 @@ afterEach(async () => {
 });
 
 async function twoStores(options: { gated?: ReturnType<typeof gatedListenClients> } = {}) {
-  const schema = freshSchema('run');
-  const admin = newPool(2, 'finishline-test-admin');
-  cleanups.push(async () => {
-    await dropSchema(admin, schema);
-    await admin.end();
-  });
+  const { schema, admin } = freshSchemaWithAdmin('run', cleanups);
   const poolA = newPool(4);
   const poolB = newPool(4);
   const a = await PostgresProgressStore.open({

@@ -5,9 +5,8 @@ import { ProgressServer } from '@finishline/server';
 import { afterEach, describe, expect, it } from 'vitest';
 import WebSocket from 'ws';
 import {
-  dropSchema,
   eventually,
-  freshSchema,
+  freshSchemaWithAdmin,
   gatedListenClients,
   headerAuthenticate,
   newPool,
@@ -27,12 +26,7 @@ afterEach(async () => {
 
 describe('a purged task id reused while a replica was not listening', () => {
   it("brings that replica's watcher of the new run to its end", async () => {
-    const schema = freshSchema('reuse');
-    const admin = newPool(2, 'finishline-test-admin');
-    cleanups.push(async () => {
-      await dropSchema(admin, schema);
-      await admin.end();
-    });
+    const { schema, admin } = freshSchemaWithAdmin('reuse', cleanups);
     const poolA = newPool(4);
     const poolB = newPool(4);
     const listen = gatedListenClients();

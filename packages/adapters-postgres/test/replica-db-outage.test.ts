@@ -5,7 +5,7 @@ import { ProgressServer } from '@finishline/server';
 import pg from 'pg';
 import { afterEach, describe, expect, it } from 'vitest';
 import WebSocket from 'ws';
-import { dropSchema, eventually, freshSchema, headerAuthenticate, newPool, pgUrl } from './support.js';
+import { eventually, freshSchemaWithAdmin, headerAuthenticate, newPool, pgUrl } from './support.js';
 
 /**
  * Two replicas on one Postgres. Replica B, which holds the watcher's socket, loses its database: every
@@ -60,12 +60,7 @@ async function replica(schema: string, name: string, options: { listenDown?: () 
 
 describe('a replica that loses Postgres', () => {
   it('keeps its sockets, reports unhealthy on /healthz, and its watchers still see the end', async () => {
-    const schema = freshSchema('outage');
-    const admin = newPool(2, 'finishline-test-admin');
-    cleanups.push(async () => {
-      await dropSchema(admin, schema);
-      await admin.end();
-    });
+    const { schema, admin } = freshSchemaWithAdmin('outage', cleanups);
     const suffix = schema.slice(-6);
     const a = await replica(schema, `outage-a-${suffix}`);
     let down = false;

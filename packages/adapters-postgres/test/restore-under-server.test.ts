@@ -5,7 +5,7 @@ import { ProgressServer } from '@finishline/server';
 import pg from 'pg';
 import { afterEach, describe, expect, it } from 'vitest';
 import WebSocket from 'ws';
-import { dropSchema, eventually, freshSchema, headerAuthenticate, newPool } from './support.js';
+import { eventually, freshSchemaWithAdmin, headerAuthenticate, newPool } from './support.js';
 
 /**
  * An operator restores a task's rows from an older copy and renews the epoch while the server runs on
@@ -21,12 +21,7 @@ afterEach(async () => {
 
 /** A server on a store of a fresh schema (dropped after the test), and an admin pool on the same database. */
 async function serveFreshSchema(prefix: string, heartbeatIntervalMs: number) {
-  const schema = freshSchema(prefix);
-  const admin = newPool(2, 'finishline-test-admin');
-  cleanups.push(async () => {
-    await dropSchema(admin, schema);
-    await admin.end();
-  });
+  const { schema, admin } = freshSchemaWithAdmin(prefix, cleanups);
   const pool = newPool(4);
   const store = await PostgresProgressStore.open({ pool, schema });
   const server = await ProgressServer.listen(

@@ -67,6 +67,35 @@ async function rejectionOf(promise: Promise<unknown>): Promise<unknown> {
   throw new Error('expected a rejection');
 }
 
+/**
+ * A transaction outside the store (a program, an operator's psql session, an append of a replica frozen
+ * before its COMMIT) holding the rows of tasks `ids`; `end()` rolls back whatever is left and disconnects.
+ */
+async function holdRows(schema: string, ids: string[]) {
+  const holder = new pg.Client({ connectionString: pgUrl() });
+  await holder.connect();
+  await holder.query('BEGIN');
+  const tasks = `${pg.escapeIdentifier(schema)}.tasks`;
+  await holder.query(`SELECT id FROM ${tasks} WHERE id = ANY($1) FOR UPDATE`, [ids]);
+  return {
+    query: (text: string) => holder.query(text),
+    end: async () => {
+      await holder.query('ROLLBACK');
+      await holder.end();
+    },
+  };
+}
+
+/** `promise` settles within 5 s: a liveness bound, not a timing assertion (milliseconds, or waits for a holder). */
+async function expectSettles(promise: Promise<unknown>) {
+  expect(
+    await settlesWithin(
+      promise.then(() => undefined),
+      5000,
+    ),
+  ).toBe('closed');
+}
+
 afterEach(async () => {
   await Promise.all(stores.splice(0).map((store) => store.close()));
 });
@@ -276,27 +305,18 @@ describe('appends', () => {
     });
     const store = await open({ schema, pool: hooked });
     for (const id of ['held', 'free']) await store.createTask({ id, owner: 'alice', kind: 'k' });
-    const holder = new pg.Client({ connectionString: pgUrl() });
-    await holder.connect();
+    // As an append transaction of a replica frozen before its COMMIT holds its task's row.
+    const holder = await holdRows(schema, ['held']);
     try {
-      // As an append transaction of a replica frozen before its COMMIT holds its task's row.
-      await holder.query('BEGIN');
-      await holder.query(`SELECT id FROM ${pg.escapeIdentifier(schema)}.tasks WHERE id = 'held' FOR UPDATE`);
       const held = store.append('held', { type: 'progress' });
       await sent.promise;
       const free = store.append('free', { type: 'progress' });
       // A liveness bound, not a timing assertion: the append takes milliseconds, or waits for the holder.
-      expect(
-        await settlesWithin(
-          free.then(() => undefined),
-          5000,
-        ),
-      ).toBe('closed');
+      await expectSettles(free);
       await expect(free).resolves.toMatchObject({ event: { taskId: 'free', seq: 1 } });
       await holder.query('ROLLBACK');
       await expect(held).resolves.toMatchObject({ event: { taskId: 'held', seq: 1 } });
     } finally {
-      await holder.query('ROLLBACK');
       await holder.end();
     }
   });
@@ -307,13 +327,8 @@ describe('appends', () => {
     const schema = await migrated();
     const store = await open({ schema, maxConcurrentBatches: 2 });
     for (const id of ['held-1', 'held-2', 'free']) await store.createTask({ id, owner: 'alice', kind: 'k' });
-    const holder = new pg.Client({ connectionString: pgUrl() });
-    await holder.connect();
+    const holder = await holdRows(schema, ['held-1', 'held-2']);
     try {
-      await holder.query('BEGIN');
-      await holder.query(
-        `SELECT id FROM ${pg.escapeIdentifier(schema)}.tasks WHERE id IN ('held-1', 'held-2') FOR UPDATE`,
-      );
       const first = store.append('held-1', { type: 'progress' });
       const again = store.append('held-1', { type: 'progress', message: 'second' });
       // The second is a transaction of its own once the first has waited past the throttle.
@@ -322,12 +337,7 @@ describe('appends', () => {
       await new Promise((resolve) => setTimeout(resolve, 300));
       const free = store.append('free', { type: 'progress' });
       // A liveness bound, not a timing assertion: the append takes milliseconds, or waits for the holder.
-      expect(
-        await settlesWithin(
-          free.then(() => undefined),
-          5000,
-        ),
-      ).toBe('closed');
+      await expectSettles(free);
       await expect(free).resolves.toMatchObject({ event: { taskId: 'free', seq: 1 } });
       await holder.query('ROLLBACK');
       await expect(first).resolves.toMatchObject({ event: { taskId: 'held-1', seq: 1 } });
@@ -337,7 +347,6 @@ describe('appends', () => {
       });
       await expect(second).resolves.toMatchObject({ event: { taskId: 'held-2', seq: 1 } });
     } finally {
-      await holder.query('ROLLBACK');
       await holder.end();
     }
   });
@@ -349,11 +358,8 @@ describe('appends', () => {
     const schema = await migrated();
     const store = await open({ schema });
     for (const id of ['held', 'free']) await store.createTask({ id, owner: 'alice', kind: 'k' });
-    const holder = new pg.Client({ connectionString: pgUrl() });
-    await holder.connect();
+    const holder = await holdRows(schema, ['held']);
     try {
-      await holder.query('BEGIN');
-      await holder.query(`SELECT id FROM ${pg.escapeIdentifier(schema)}.tasks WHERE id = 'held' FOR UPDATE`);
       const held = store.append('held', { type: 'progress' });
       const later = store.append('held', { type: 'progress', message: 'second' });
       const free = store.append('free', { type: 'progress' });
@@ -371,7 +377,6 @@ describe('appends', () => {
       );
       expect(Number(rows[0].seq)).toBe(0);
     } finally {
-      await holder.query('ROLLBACK');
       await holder.end();
     }
   });
@@ -479,8 +484,7 @@ describe('appends', () => {
     const schema = await migrated();
     const name = `order-${schema}`;
     const own = newPool(4, name);
-    const holder = new pg.Client({ connectionString: pgUrl() });
-    await holder.connect();
+    let holder: Awaited<ReturnType<typeof holdRows>> | undefined;
     try {
       const store = await open({ schema, pool: own });
       for (const id of ['damaged', 'held']) {
@@ -488,8 +492,7 @@ describe('appends', () => {
         await store.append(id, { type: 'progress', done: 1 });
       }
       await pool.query(`UPDATE ${pg.escapeIdentifier(schema)}.tasks SET seq = 0 WHERE id = 'damaged'`);
-      await holder.query('BEGIN');
-      await holder.query(`SELECT id FROM ${pg.escapeIdentifier(schema)}.tasks WHERE id = 'held' FOR UPDATE`);
+      holder = await holdRows(schema, ['held']);
       const waiting = async () =>
         (
           await pool.query(
@@ -512,8 +515,7 @@ describe('appends', () => {
       await expect(first).resolves.toMatchObject({ event: { seq: 2 }, task: { message: 'first' } });
       await expect(second).resolves.toMatchObject({ event: { seq: 3 }, task: { message: 'second' } });
     } finally {
-      await holder.query('ROLLBACK');
-      await holder.end();
+      await holder?.end();
       await Promise.all(stores.splice(0).map((store) => store.close()));
       await own.end();
     }
@@ -523,13 +525,11 @@ describe('appends', () => {
     const schema = await migrated();
     const timed = new pg.Pool({ connectionString: pgUrl(), max: 4, options: '-c statement_timeout=100' });
     timed.on('error', () => {});
-    const holder = new pg.Client({ connectionString: pgUrl() });
-    await holder.connect();
+    let holder: Awaited<ReturnType<typeof holdRows>> | undefined;
     try {
       const store = await open({ schema, pool: timed });
       for (const id of ['held', 'free']) await store.createTask({ id, owner: 'alice', kind: 'k' });
-      await holder.query('BEGIN');
-      await holder.query(`SELECT id FROM ${pg.escapeIdentifier(schema)}.tasks WHERE id = 'held' FOR UPDATE`);
+      holder = await holdRows(schema, ['held']);
       const [held, free] = [
         rejectionOf(store.append('held', { type: 'progress' })),
         store.append('free', { type: 'progress' }),
@@ -545,8 +545,7 @@ describe('appends', () => {
       expect(rows[0].n).toBe(0);
       await expect(store.append('held', { type: 'progress' })).resolves.toMatchObject({ event: { seq: 1 } });
     } finally {
-      await holder.query('ROLLBACK');
-      await holder.end();
+      await holder?.end();
       await Promise.all(stores.splice(0).map((store) => store.close()));
       await timed.end();
     }
@@ -606,16 +605,13 @@ describe('acks', () => {
     const schema = await migrated();
     const store = await open({ schema });
     await tasksWithEvents(store, ['a', 'b'], 2);
-    const holder = new pg.Client({ connectionString: pgUrl() });
-    await holder.connect();
+    const holder = await holdRows(schema, ['a']);
     try {
-      await holder.query('BEGIN');
-      await holder.query(`SELECT id FROM ${pg.escapeIdentifier(schema)}.tasks WHERE id = 'a' FOR UPDATE`);
       // One batch with both, then one of 'b' alone in a later batch: neither may wait for 'a'.
       const ackA = store.ack('a', 2);
       const first = store.ack('b', 1);
-      expect(await settlesWithin(first.then(() => undefined))).toBe('closed');
-      expect(await settlesWithin(store.ack('b', 2).then(() => undefined))).toBe('closed');
+      await expectSettles(first);
+      await expectSettles(store.ack('b', 2));
       expect((await store.getTask('b'))?.ackedSeq).toBe(2);
       expect(await Promise.race([ackA.then(() => 'written'), Promise.resolve('waiting')])).toBe('waiting');
       await holder.query('COMMIT');
@@ -631,11 +627,8 @@ describe('acks', () => {
     const schema = await migrated();
     const store = await open({ schema });
     await tasksWithEvents(store, ['a'], 2);
-    const holder = new pg.Client({ connectionString: pgUrl() });
-    await holder.connect();
+    const holder = await holdRows(schema, ['a']);
     try {
-      await holder.query('BEGIN');
-      await holder.query(`SELECT id FROM ${pg.escapeIdentifier(schema)}.tasks WHERE id = 'a' FOR UPDATE`);
       const ack = store.ack('a', 2);
       let outcome: unknown;
       ack.then(
@@ -648,7 +641,6 @@ describe('acks', () => {
       await Promise.resolve();
       expect(outcome).toMatchObject({ code: 'closed' });
     } finally {
-      await holder.query('ROLLBACK');
       await holder.end();
     }
   });
@@ -669,11 +661,8 @@ describe('acks', () => {
     });
     const store = await open({ schema, pool: hooked });
     await tasksWithEvents(store, ['a'], 2);
-    const holder = new pg.Client({ connectionString: pgUrl() });
-    await holder.connect();
+    const holder = await holdRows(schema, ['a']);
     try {
-      await holder.query('BEGIN');
-      await holder.query(`SELECT id FROM ${pg.escapeIdentifier(schema)}.tasks WHERE id = 'a' FOR UPDATE`);
       armed = true;
       const ack = store.ack('a', 2);
       let outcome: unknown;
@@ -689,7 +678,6 @@ describe('acks', () => {
       await Promise.resolve();
       expect(outcome).toMatchObject({ code: 'closed' });
     } finally {
-      await holder.query('ROLLBACK');
       await holder.end();
     }
   });
@@ -868,35 +856,21 @@ describe('lease renewals', () => {
     const schema = await migrated();
     const store = await open({ schema });
     for (const id of ['held', 'free']) await store.createTask({ id, owner: 'alice', kind: 'k' });
-    const holder = new pg.Client({ connectionString: pgUrl() });
-    await holder.connect();
+    // As an append transaction of a replica frozen before its COMMIT holds its task's row.
+    const holder = await holdRows(schema, ['held']);
     try {
-      // As an append transaction of a replica frozen before its COMMIT holds its task's row.
-      await holder.query('BEGIN');
-      await holder.query(`SELECT id FROM ${pg.escapeIdentifier(schema)}.tasks WHERE id = 'held' FOR UPDATE`);
       // One tick: one batch. The lease of 'free' must not wait for 'held' (nor for its next renewal).
       const held = store.renewLease('held', 'replica', 60_000);
       const free = store.renewLease('free', 'replica', 60_000);
       // A liveness bound, not a timing assertion: the renewal takes milliseconds, or waits for the holder.
-      expect(
-        await settlesWithin(
-          free.then(() => undefined),
-          5000,
-        ),
-      ).toBe('closed');
+      await expectSettles(free);
       await expect(free).resolves.toMatchObject({ id: 'free', leaseOwner: 'replica' });
       const next = store.renewLease('free', 'replica', 60_000);
-      expect(
-        await settlesWithin(
-          next.then(() => undefined),
-          5000,
-        ),
-      ).toBe('closed');
+      await expectSettles(next);
       await holder.query('ROLLBACK');
       // Once the row is free again the held one renews too.
       await expect(held).resolves.toMatchObject({ id: 'held', leaseOwner: 'replica' });
     } finally {
-      await holder.query('ROLLBACK');
       await holder.end();
     }
   });
@@ -904,11 +878,8 @@ describe('lease renewals', () => {
     const schema = await migrated();
     const store = await open({ schema });
     await store.createTask({ id: 'held', owner: 'alice', kind: 'k' });
-    const holder = new pg.Client({ connectionString: pgUrl() });
-    await holder.connect();
+    const holder = await holdRows(schema, ['held']);
     try {
-      await holder.query('BEGIN');
-      await holder.query(`SELECT id FROM ${pg.escapeIdentifier(schema)}.tasks WHERE id = 'held' FOR UPDATE`);
       let outcome: unknown;
       store.renewLease('held', 'replica', 60_000).then(
         () => (outcome = 'renewed'),
@@ -920,7 +891,6 @@ describe('lease renewals', () => {
       await Promise.resolve();
       expect(outcome).toMatchObject({ code: 'closed' });
     } finally {
-      await holder.query('ROLLBACK');
       await holder.end();
     }
   });
@@ -964,11 +934,8 @@ describe('renewEpoch and an append in a transaction', () => {
     const heard: string[] = [];
     observer.changes.subscribe((change) => heard.push(`seq ${change.seq}`));
     observer.changes.onEpochRenewed(() => heard.push('renewed'));
-    const holder = new pg.Client({ connectionString: pgUrl() });
-    await holder.connect();
+    const holder = await holdRows(schema, ['t']);
     try {
-      await holder.query('BEGIN');
-      await holder.query(`SELECT id FROM ${pg.escapeIdentifier(schema)}.tasks WHERE id = 't' FOR UPDATE`);
       const first = worker.append('t', { type: 'progress', done: 1 });
       // In its transaction, waiting for the row (this schema's statement, not another test's).
       await eventually('the append waits for the row', async () => {
@@ -987,7 +954,6 @@ describe('renewEpoch and an append in a transaction', () => {
       await eventually('the observer heard both', () => heard.length === 2, 5000);
       expect(heard).toEqual(['seq 1', 'renewed']);
     } finally {
-      await holder.query('ROLLBACK');
       await holder.end();
     }
   });
@@ -999,24 +965,16 @@ describe('lease releases', () => {
     const store = await open({ schema });
     await store.createTask({ id: 'held', owner: 'alice', kind: 'k' });
     await store.renewLease('held', 'replica', 60_000);
-    const holder = new pg.Client({ connectionString: pgUrl() });
-    await holder.connect();
+    // Another program's transaction (or an operator's) holding the task's row for as long as it likes.
+    const holder = await holdRows(schema, ['held']);
     try {
-      // Another program's transaction (or an operator's) holding the task's row for as long as it likes.
-      await holder.query('BEGIN');
-      await holder.query(`SELECT id FROM ${pg.escapeIdentifier(schema)}.tasks WHERE id = 'held' FOR UPDATE`);
       let outcome: unknown;
       const released = store.releaseLease('held', 'replica').then(
         () => (outcome = 'released'),
         (error: unknown) => (outcome = error),
       );
       // A liveness bound, not a timing assertion: before, the release waited for the holder, however long.
-      expect(
-        await settlesWithin(
-          released.then(() => undefined),
-          5000,
-        ),
-      ).toBe('closed');
+      await expectSettles(released);
       expect(isProgressError(outcome, ErrorCode.StoreUnavailable), String(outcome)).toBe(true);
       expect(outcome).toMatchObject({ taskId: 'held' });
       await holder.query('ROLLBACK');
@@ -1025,7 +983,6 @@ describe('lease releases', () => {
       await store.releaseLease('held', 'replica');
       expect((await store.getTask('held'))?.leaseOwner).toBeNull();
     } finally {
-      await holder.query('ROLLBACK');
       await holder.end();
     }
   });

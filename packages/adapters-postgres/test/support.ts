@@ -1,5 +1,11 @@
 import { randomBytes } from 'node:crypto';
-import { type AddressInfo, createServer, type ServerOpts, type Socket } from 'node:net';
+import {
+  type AddressInfo,
+  connect as connectTcp,
+  createServer,
+  type ServerOpts,
+  type Socket,
+} from 'node:net';
 import type { ProgressError, ProgressStore, TaskChange } from '@finishline/core';
 import { Kysely, PostgresDialect } from 'kysely';
 import pg from 'pg';
@@ -35,6 +41,24 @@ export function newPool(max = 10, applicationName = 'finishline-test'): pg.Pool 
 /** A schema name no other test uses. */
 export function freshSchema(prefix = 't'): string {
   return `${prefix}_${randomBytes(6).toString('hex')}`;
+}
+
+/**
+ * A fresh schema's name (see {@link freshSchema}) and an admin pool of `max` connections, the schema dropped
+ * and the pool ended by the cleanup pushed on `cleanups`.
+ */
+export function freshSchemaWithAdmin(
+  prefix: string,
+  cleanups: { push(cleanup: () => Promise<void>): unknown },
+  max = 2,
+): { schema: string; admin: pg.Pool } {
+  const schema = freshSchema(prefix);
+  const admin = newPool(max, 'finishline-test-admin');
+  cleanups.push(async () => {
+    await dropSchema(admin, schema);
+    await admin.end();
+  });
+  return { schema, admin };
 }
 
 /** Drops a test schema and everything in it. */
@@ -393,6 +417,49 @@ export async function loopbackServer(
       for (const socket of sockets) socket.destroy();
       await new Promise((resolve) => server.close(resolve));
     },
+  };
+}
+
+/**
+ * A TCP proxy to the test server that can be switched to a black hole: from then on it forwards
+ * nothing in either direction and neither ends nor closes a socket, as a dead peer behind a firewall.
+ * Half-open sockets are allowed, so a client's FIN gets no FIN back.
+ */
+export async function blackHoleProxy() {
+  const target = new URL(pgUrl());
+  /** The proxy's ends of the connections clients opened to it. */
+  const inbound = new Set<Socket>();
+  let blackHoled = false;
+  const proxy = await loopbackServer({ allowHalfOpen: true }, (client) => {
+    const upstream = connectTcp({
+      host: target.hostname,
+      port: Number(target.port || 5432),
+      allowHalfOpen: true,
+    });
+    proxy.track(upstream);
+    inbound.add(client);
+    client.on('close', () => inbound.delete(client));
+    client.on('data', (chunk) => {
+      if (!blackHoled) upstream.write(chunk);
+    });
+    upstream.on('data', (chunk) => {
+      if (!blackHoled) client.write(chunk);
+    });
+    client.on('end', () => {
+      if (!blackHoled) upstream.end();
+    });
+    upstream.on('end', () => {
+      if (!blackHoled) client.end();
+    });
+  });
+  return {
+    url: proxy.url,
+    /** Connections from clients that are open on the proxy's side. */
+    inbound: () => [...inbound],
+    blackHole() {
+      blackHoled = true;
+    },
+    close: () => proxy.close(),
   };
 }
 

@@ -3,7 +3,7 @@ import { Kysely, PostgresDialect } from 'kysely';
 import pg from 'pg';
 import { afterEach, describe, expect, it } from 'vitest';
 import { PostgresProgressStore } from '../src/index.js';
-import { dropSchema, eventually, freshSchema, newPool, pgUrl } from './support.js';
+import { eventually, freshSchemaWithAdmin, pgUrl } from './support.js';
 
 /**
  * A backend terminated (`pg_terminate_backend`, a fast shutdown) while the store holds its pool client, in
@@ -23,12 +23,7 @@ describe('a backend terminated while the store holds its client', () => {
   it.each([{ with: 'db' }, { with: 'pool' }])(
     'fails the call, not the process (with $with)',
     async (mode) => {
-      const schema = freshSchema('term');
-      const admin = newPool(3, 'finishline-test-admin');
-      cleanups.push(async () => {
-        await dropSchema(admin, schema);
-        await admin.end();
-      });
+      const { schema, admin } = freshSchemaWithAdmin('term', cleanups, 3);
       // What the docs ask of a pool, and no more.
       const pool = new pg.Pool({ connectionString: pgUrl(), max: 4, application_name: 'term-checked-out' });
       pool.on('error', () => {});

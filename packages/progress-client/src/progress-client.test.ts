@@ -919,42 +919,35 @@ describe('reconnect', () => {
     await client.close();
   });
 
-  it("spreads the first retry over the server's hint when it asks for more", async () => {
-    const { client, server, scheduler, states } = setup({ random: () => 0.999 });
-    client.watch('t1');
-    server.last.open();
-    server.last.push({
-      type: 'hello',
-      protocol: PROTOCOL_VERSION,
-      serverId: 'r1',
-      heartbeatIntervalMs: 15_000,
-      reconnectDelayMs: 2000,
+  for (const { name, options, delayMs } of [
+    {
+      name: "spreads the first retry over the server's hint when it asks for more",
+      options: {},
+      delayMs: 1998,
+    },
+    {
+      name: "keeps the server's hint within reconnect.maxDelayMs (docs/protocol.md, hello)",
+      options: { reconnect: { maxDelayMs: 1000 } },
+      delayMs: 999,
+    },
+  ]) {
+    it(name, async () => {
+      const { client, server, scheduler, states } = setup({ random: () => 0.999, ...options });
+      client.watch('t1');
+      server.last.open();
+      server.last.push({
+        type: 'hello',
+        protocol: PROTOCOL_VERSION,
+        serverId: 'r1',
+        heartbeatIntervalMs: 15_000,
+        reconnectDelayMs: 2000,
+      });
+      await scheduler.advance(5_000);
+      server.last.serverClose(1006);
+      expect(states.at(-1)).toMatchObject({ state: 'reconnecting', delayMs });
+      await client.close();
     });
-    await scheduler.advance(5_000);
-    server.last.serverClose(1006);
-    expect(states.at(-1)).toMatchObject({ state: 'reconnecting', delayMs: 1998 });
-    await client.close();
-  });
-
-  it("keeps the server's hint within reconnect.maxDelayMs (docs/protocol.md, hello)", async () => {
-    const { client, server, scheduler, states } = setup({
-      random: () => 0.999,
-      reconnect: { maxDelayMs: 1000 },
-    });
-    client.watch('t1');
-    server.last.open();
-    server.last.push({
-      type: 'hello',
-      protocol: PROTOCOL_VERSION,
-      serverId: 'r1',
-      heartbeatIntervalMs: 15_000,
-      reconnectDelayMs: 2000,
-    });
-    await scheduler.advance(5_000);
-    server.last.serverClose(1006);
-    expect(states.at(-1)).toMatchObject({ state: 'reconnecting', delayMs: 999 });
-    await client.close();
-  });
+  }
 
   for (const [code, errorCode] of [
     [CloseCode.Unauthenticated, ErrorCode.Unauthenticated],

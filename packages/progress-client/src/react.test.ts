@@ -1,9 +1,9 @@
 // @vitest-environment happy-dom
-import { act, createElement, StrictMode, version } from 'react';
+import { act, createElement, type ReactNode, StrictMode, version } from 'react';
 import { createRoot, hydrateRoot } from 'react-dom/client';
 import { renderToString } from 'react-dom/server';
 import { afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { ProgressClientProvider, useTask } from './react.js';
+import { ProgressClientProvider, type ProgressClientProviderProps, useTask } from './react.js';
 import { FakeTask } from './testing/fake-server.js';
 import { setup } from './testing/harness.js';
 
@@ -47,31 +47,39 @@ function mount(html = '') {
   return container;
 }
 
+/** `children` under a provider of `client`. */
+function provided(client: ProgressClientProviderProps['client'], ...children: ReactNode[]) {
+  return createElement(ProgressClientProvider, { client }, ...children);
+}
+
+/** `children` under a provider of `client`, in StrictMode (which mounts, unmounts and mounts again). */
+function strict(client: ProgressClientProviderProps['client'], ...children: ReactNode[]) {
+  return createElement(StrictMode, null, provided(client, ...children));
+}
+
+/** A client on a fake server, and a root in a fresh container to render into. */
+function rooted() {
+  const { client, server } = setup({ pageEvents: false });
+  const container = mount();
+  return { client, server, container, root: createRoot(container) };
+}
+
 describe(`useTask (React ${version})`, () => {
   it('renders null on the server and opens no socket', async () => {
     const { client, server } = setup({ pageEvents: false });
-    const html = renderToString(
-      createElement(ProgressClientProvider, { client }, createElement(Bar, { taskId: 't1' })),
-    );
+    const html = renderToString(provided(client, createElement(Bar, { taskId: 't1' })));
     expect(html).toContain('waiting');
     expect(server.sockets).toHaveLength(0);
     await client.close();
   });
 
   it('follows the task live, shares one watch between components, and unsubscribes after the last unmount', async () => {
-    const { client, server } = setup({ pageEvents: false });
+    const { client, server, container, root } = rooted();
     const task = new FakeTask('t1', 3);
-    const container = mount();
-    const root = createRoot(container);
     const tree = (count: number) =>
-      createElement(
-        StrictMode,
-        null,
-        createElement(
-          ProgressClientProvider,
-          { client },
-          ...Array.from({ length: count }, (_, i) => createElement(Bar, { key: i, taskId: 't1' })),
-        ),
+      strict(
+        client,
+        ...Array.from({ length: count }, (_, i) => createElement(Bar, { key: i, taskId: 't1' })),
       );
     client.watch('t0'); // the socket is open before the components mount
     const socket = server.accept();
@@ -96,7 +104,7 @@ describe(`useTask (React ${version})`, () => {
   it('hydrates server HTML without a mismatch, then goes live', async () => {
     const { client, server } = setup({ pageEvents: false });
     const task = new FakeTask('t1', 2);
-    const app = createElement(ProgressClientProvider, { client }, createElement(Bar, { taskId: 't1' }));
+    const app = provided(client, createElement(Bar, { taskId: 't1' }));
     const container = mount(renderToString(app));
     const problems: unknown[] = [];
     await act(async () => {
@@ -116,7 +124,7 @@ describe(`useTask (React ${version})`, () => {
     const { client, server } = setup({ pageEvents: false });
     const task = new FakeTask('t1', 2);
     const app = (withClient: typeof client | null) =>
-      createElement(ProgressClientProvider, { client: withClient }, createElement(Bar, { taskId: 't1' }));
+      provided(withClient, createElement(Bar, { taskId: 't1' }));
     const container = mount(renderToString(app(null)));
     const problems: unknown[] = [];
     let root: ReturnType<typeof hydrateRoot> | undefined;
@@ -134,13 +142,9 @@ describe(`useTask (React ${version})`, () => {
   });
 
   it('switching task ids moves the watch; a null id watches nothing', async () => {
-    const { client, server } = setup({ pageEvents: false });
-    const container = mount();
-    const root = createRoot(container);
+    const { client, server, container, root } = rooted();
     const render = (taskId: string | null) =>
-      act(async () =>
-        root.render(createElement(ProgressClientProvider, { client }, createElement(Bar, { taskId }))),
-      );
+      act(async () => root.render(provided(client, createElement(Bar, { taskId }))));
     await render(null);
     expect(container.textContent).toBe('waiting');
     expect(server.sockets).toHaveLength(0);
@@ -154,17 +158,11 @@ describe(`useTask (React ${version})`, () => {
   });
 
   it('a component that mounts next to one showing the task shows its state from its first render, not null', async () => {
-    const { client, server } = setup({ pageEvents: false });
+    const { client, server, root } = rooted();
     const task = new FakeTask('t1', 3);
-    const container = mount();
-    const root = createRoot(container);
     const renders: string[] = [];
-    const tree = (...children: ReturnType<typeof createElement>[]) =>
-      createElement(
-        StrictMode,
-        null,
-        createElement(ProgressClientProvider, { client }, createElement(Bar, { taskId: 't1' }), ...children),
-      );
+    const tree = (...children: ReactNode[]) =>
+      strict(client, createElement(Bar, { taskId: 't1' }), ...children);
     await act(async () => root.render(tree()));
     const socket = server.accept();
     task.item('a');
@@ -197,12 +195,10 @@ describe(`useTask (React ${version})`, () => {
   });
 
   it('a component that mounts beside one showing a finished task asks the server again: the id may name a new run', async () => {
-    const { client, server } = setup({ pageEvents: false });
+    const { client, server, container, root } = rooted();
     const old = new FakeTask('t1', 1);
-    const container = mount();
-    const root = createRoot(container);
-    const tree = (...children: ReturnType<typeof createElement>[]) =>
-      createElement(ProgressClientProvider, { client }, createElement(Bar, { taskId: 't1' }), ...children);
+    const tree = (...children: ReactNode[]) =>
+      provided(client, createElement(Bar, { taskId: 't1' }), ...children);
     await act(async () => root.render(tree()));
     const socket = server.accept();
     await act(async () => socket.push({ type: 'snapshot', task: old.view() }));
@@ -225,22 +221,11 @@ describe(`useTask (React ${version})`, () => {
   });
 
   it('a component that mounts after its client was closed shows the closed error as its fatalError, not a throw that unmounts the tree', async () => {
-    const { client } = setup({ pageEvents: false });
+    const { client, container, root } = rooted();
     await client.close();
-    const container = mount();
-    const root = createRoot(container);
     const renders: string[] = [];
     const tree = (taskId: string) =>
-      createElement(
-        StrictMode,
-        null,
-        createElement(
-          ProgressClientProvider,
-          { client },
-          createElement('b', null, 'header'),
-          createElement(Logged, { taskId, renders }),
-        ),
-      );
+      strict(client, createElement('b', null, 'header'), createElement(Logged, { taskId, renders }));
     // Before: client.watch() threw `closed` out of React's subscribe, and with no error boundary React
     // unmounted the whole root (a client closed on logout while a route with a progress bar mounted).
     await act(async () => root.render(tree('t1')));
@@ -254,13 +239,9 @@ describe(`useTask (React ${version})`, () => {
   });
 
   it('an empty id watches nothing, as null does: the skip pattern of an id not known yet (a form field, a query parameter)', async () => {
-    const { client, server } = setup({ pageEvents: false });
-    const container = mount();
-    const root = createRoot(container);
+    const { client, server, container, root } = rooted();
     const render = (taskId: string) =>
-      act(async () =>
-        root.render(createElement(ProgressClientProvider, { client }, createElement(Bar, { taskId }))),
-      );
+      act(async () => root.render(provided(client, createElement(Bar, { taskId }))));
     // Before: client.watch('') threw invalid_input out of the subscribe, into the nearest error boundary.
     await render('');
     expect(container.textContent).toBe('waiting');

@@ -191,6 +191,21 @@ async function twoTabsOnOneSocket() {
   return { early, late, keep, real };
 }
 
+/** A real server on a memory store, its principals those `authenticateToken` names, closed at the test's end. */
+async function realServer(authenticateToken: (token: string) => { id: string } | null) {
+  const store = new MemoryProgressStore();
+  const server = await ProgressServer.listen(
+    { store, authenticateToken, heartbeatIntervalMs: 60_000 },
+    { port: 0, host: '127.0.0.1' },
+  );
+  onTestFinished(() => server.close({ timeoutMs: 1000 }));
+  const { port } = (server.httpServer as Server).address() as AddressInfo;
+  return { store, server, url: `ws://127.0.0.1:${port}/progress` };
+}
+
+/** Token `tok` is alice's, `bob` bob's. */
+const aliceOrBob = (token: string) => ({ tok: { id: 'alice' }, bob: { id: 'bob' } })[token] ?? null;
+
 /**
  * A real server (a fake one answers whatever the test pushes: only a real one merges the subscribes it is
  * still loading) whose task reads wait while `hold()` holds them, and a leader tab watching `keep` (the
@@ -199,18 +214,7 @@ async function twoTabsOnOneSocket() {
  * order: a ping's pong comes after them).
  */
 async function tabsOnARealServer() {
-  const store = new MemoryProgressStore();
-  const server = await ProgressServer.listen(
-    {
-      store,
-      authenticateToken: (token) => (token === 'tok' ? { id: 'alice' } : null),
-      heartbeatIntervalMs: 60_000,
-    },
-    { port: 0, host: '127.0.0.1' },
-  );
-  onTestFinished(() => server.close({ timeoutMs: 1000 }));
-  const { port } = (server.httpServer as Server).address() as AddressInfo;
-  const url = `ws://127.0.0.1:${port}/progress`;
+  const { store, server, url } = await realServer((token) => (token === 'tok' ? { id: 'alice' } : null));
   const sent: string[] = [];
   let real: WebSocket | undefined;
   const RealWebSocket = function (this: unknown, address: string, protocols?: string | string[]) {
@@ -760,18 +764,7 @@ describe('tab sharing', () => {
   });
 
   it("a tab whose credential is another principal's is served as itself, not as the tab whose auth the shared socket sent: it watches its own tasks and not the other's", async () => {
-    const store = new MemoryProgressStore();
-    const server = await ProgressServer.listen(
-      {
-        store,
-        authenticateToken: (token) => ({ tok: { id: 'alice' }, bob: { id: 'bob' } })[token] ?? null,
-        heartbeatIntervalMs: 60_000,
-      },
-      { port: 0, host: '127.0.0.1' },
-    );
-    onTestFinished(() => server.close({ timeoutMs: 1000 }));
-    const { port } = (server.httpServer as Server).address() as AddressInfo;
-    const url = `ws://127.0.0.1:${port}/progress`;
+    const { server, url } = await realServer(aliceOrBob);
     const sockets: WebSocket[] = [];
     const Real = function (this: unknown, address: string, protocols?: string | string[]) {
       const socket = new WebSocket(address, protocols);
@@ -844,18 +837,7 @@ describe('tab sharing', () => {
   });
 
   it("a tab of another principal whose token function is slow is shown nothing of the shared socket's tasks before its auth is checked", async () => {
-    const store = new MemoryProgressStore();
-    const server = await ProgressServer.listen(
-      {
-        store,
-        authenticateToken: (token) => ({ tok: { id: 'alice' }, bob: { id: 'bob' } })[token] ?? null,
-        heartbeatIntervalMs: 60_000,
-      },
-      { port: 0, host: '127.0.0.1' },
-    );
-    onTestFinished(() => server.close({ timeoutMs: 1000 }));
-    const { port } = (server.httpServer as Server).address() as AddressInfo;
-    const url = `ws://127.0.0.1:${port}/progress`;
+    const { server, url } = await realServer(aliceOrBob);
     const browser = new Browser();
     const alices = await server.tasks.create({ owner: 'alice', kind: 'k' });
     await alices.progress({ done: 1, total: 4 });

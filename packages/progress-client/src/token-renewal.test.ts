@@ -1,7 +1,7 @@
 import type { HelloFrame } from '@finishline/core';
 import { CloseCode, ErrorCode, LIMITS, PROTOCOL_VERSION } from '@finishline/core';
 import { describe, expect, it } from 'vitest';
-import { FakeTask } from './testing/fake-server.js';
+import { type FakeSocket, FakeTask } from './testing/fake-server.js';
 import { record, setup } from './testing/harness.js';
 import { flush, ManualScheduler } from './testing/manual-scheduler.js';
 
@@ -14,6 +14,19 @@ const hello: HelloFrame = {
   heartbeatIntervalMs: 15_000,
 };
 
+/** Opens `socket` and answers it with the server's hello. */
+async function greet(socket: FakeSocket): Promise<void> {
+  socket.open();
+  await flush();
+  socket.push(hello);
+}
+
+/** A token function whose first call answers `tok-1` and whose later calls never return. */
+function answersOnce(): () => Promise<string> {
+  let calls = 0;
+  return () => (++calls === 1 ? Promise.resolve('tok-1') : new Promise<string>(() => undefined));
+}
+
 describe('token expiry', () => {
   it('a socket closed with 4011 mid-task fetches a fresh token and reconnects at once, resuming', async () => {
     let issued = 0;
@@ -24,9 +37,7 @@ describe('token expiry', () => {
     const log = record(watch);
     const task = new FakeTask('t1', 3);
     const first = server.last;
-    first.open();
-    await flush();
-    first.push(hello);
+    await greet(first);
     first.push({ type: 'snapshot', task: task.view() });
     first.push({ type: 'event', event: task.item('a') });
     // Up stableConnectionMs (1 s) at least: a socket closed for its credential sooner after its hello is
@@ -78,9 +89,7 @@ describe('renewToken()', () => {
     const { client, server } = setup({ token: async () => `tok-${++issued}` });
     client.watch('t1');
     const socket = server.last;
-    socket.open();
-    await flush();
-    socket.push(hello);
+    await greet(socket);
     expect(await client.renewToken()).toBe(true);
     expect(socket.frames('auth')).toEqual([
       { type: 'auth', token: 'tok-1', protocol: PROTOCOL_VERSION },
@@ -111,9 +120,7 @@ describe('renewToken()', () => {
     client.on('error', (error) => errors.push(error));
     client.watch('t1');
     const socket = server.last;
-    socket.open();
-    await flush();
-    socket.push(hello);
+    await greet(socket);
     expect(await client.renewToken()).toBe(false);
     expect(errors).toEqual([
       expect.objectContaining({ code: ErrorCode.Unauthenticated, cause: expect.any(TypeError) }),
@@ -140,9 +147,7 @@ describe('renewToken()', () => {
       });
       client.watch('t1');
       const socket = server.last;
-      socket.open();
-      await flush();
-      socket.push(hello);
+      await greet(socket);
       expect(await client.renewToken()).toBe(false);
       expect(socket.frames('auth')).toEqual([{ type: 'auth', token: 'tok-1', protocol: PROTOCOL_VERSION }]);
       expect(errors).toEqual([expect.objectContaining({ code: ErrorCode.Unauthenticated })]);
@@ -161,9 +166,7 @@ describe('renewToken()', () => {
     });
     client.watch('t1');
     const socket = server.last;
-    socket.open();
-    await flush();
-    socket.push(hello);
+    await greet(socket);
     expect(await client.renewToken()).toBe(false);
     expect(await client.renewToken()).toBe(true);
     expect(socket.frames('auth').map((frame) => frame.token)).toEqual(['tok-1', 'tok-3']);
@@ -185,9 +188,7 @@ describe('renewToken()', () => {
     });
     client.watch('t1');
     const socket = server.last;
-    socket.open();
-    await flush();
-    socket.push(hello);
+    await greet(socket);
     // Two refresh hooks fire close together (two tabs' storage events, a timer and a focus handler).
     const renewals = [client.renewToken(), client.renewToken()];
     let mostAtOnce = 0;
@@ -207,18 +208,15 @@ describe('renewToken()', () => {
 
   it('gives a token function that never returns connectTimeoutMs: resolves false with an unauthenticated error, keeping the socket, and after close() too', async () => {
     // Until 5 December 2026 it waited on the token function for ever: a caller awaiting it hung.
-    let calls = 0;
     const { client, server, scheduler } = setup({
-      token: () => (++calls === 1 ? Promise.resolve('tok-1') : new Promise<string>(() => undefined)),
+      token: answersOnce(),
       connectTimeoutMs: 1000,
     });
     const errors: unknown[] = [];
     client.on('error', (error) => errors.push(error));
     client.watch('t1');
     const socket = server.last;
-    socket.open();
-    await flush();
-    socket.push(hello);
+    await greet(socket);
     const outcomes: boolean[] = [];
     void client.renewToken().then((renewed) => outcomes.push(renewed));
     await scheduler.advance(999);
@@ -241,9 +239,8 @@ describe('renewToken()', () => {
     const scheduler = new ManualScheduler();
     const unrefed = new Set<number>();
     const waits: { id: number; delayMs: number }[] = [];
-    let calls = 0;
     const { client, server } = setup({
-      token: () => (++calls === 1 ? Promise.resolve('tok-1') : new Promise<string>(() => undefined)),
+      token: answersOnce(),
       connectTimeoutMs: 1234,
       clock: scheduler.now,
       timers: {
@@ -256,9 +253,7 @@ describe('renewToken()', () => {
       },
     });
     client.watch('t1');
-    server.last.open();
-    await flush();
-    server.last.push(hello);
+    await greet(server.last);
     const before = waits.length;
     void client.renewToken();
     await flush();
@@ -272,9 +267,8 @@ describe('renewToken()', () => {
     // Timer functions fire a longer delay after 1 ms, as Node's and browsers' do: until 5 December 2026
     // renewToken() handed them connectTimeoutMs as is, and with 2^31 gave up at once.
     const scheduler = new ManualScheduler();
-    let calls = 0;
     const { client, server } = setup({
-      token: () => (++calls === 1 ? Promise.resolve('tok-1') : new Promise<string>(() => undefined)),
+      token: answersOnce(),
       connectTimeoutMs: 2 ** 31,
       timers: {
         setTimeout: (callback, delayMs) =>
@@ -285,9 +279,7 @@ describe('renewToken()', () => {
     });
     client.watch('t1');
     const socket = server.last;
-    socket.open();
-    await flush();
-    socket.push(hello);
+    await greet(socket);
     const outcomes: boolean[] = [];
     void client.renewToken().then((renewed) => outcomes.push(renewed));
     await scheduler.advance(1000);

@@ -61,6 +61,26 @@ function io() {
   };
 }
 
+/**
+ * Runs `finishline watch ws://127.0.0.1:1/progress t1 …options`, stopped after 200 ms if still running (a
+ * client retrying a socket it cannot open): `result` is its exit code, or 'still running'.
+ */
+async function watchWithin200Ms(...options: string[]) {
+  const run = io();
+  const stop = new AbortController();
+  const exit = runCli(['watch', 'ws://127.0.0.1:1/progress', 't1', ...options], {
+    ...run.io,
+    signal: stop.signal,
+  });
+  const result = await Promise.race([
+    exit,
+    new Promise((resolve) => setTimeout(() => resolve('still running'), 200)),
+  ]);
+  stop.abort();
+  await exit;
+  return { result, err: run.err.join('') };
+}
+
 describe('finishline watch <url> <taskId> against a real server', () => {
   it('prints the progress and exits 0 when the task completes, 1 when it fails', async () => {
     const { server, url } = await start();
@@ -724,20 +744,9 @@ describe('finishline watch credentials', () => {
 
   it('exits 64 on an empty --token (an unset shell variable) instead of retrying "The token provider failed" for ever', async () => {
     for (const value of ['', ' ']) {
-      const run = io();
-      const stop = new AbortController();
-      const exit = runCli(['watch', 'ws://127.0.0.1:1/progress', 't1', '--token', value], {
-        ...run.io,
-        signal: stop.signal,
-      });
-      const result = await Promise.race([
-        exit,
-        new Promise((resolve) => setTimeout(() => resolve('still retrying'), 200)),
-      ]);
-      stop.abort();
-      await exit;
+      const { result, err } = await watchWithin200Ms('--token', value);
       expect(result).toBe(CLI_EXIT_CODES.usage);
-      expect(run.err.join('')).toContain('finishline: --token is empty');
+      expect(err).toContain('finishline: --token is empty');
     }
   });
 
@@ -810,41 +819,19 @@ describe('finishline watch credentials', () => {
   // out, since a header had been given. An empty --token was a bad command line already.
   it('exits 64 on a --header without a value (an unset shell variable), as on an empty --token', async () => {
     for (const header of ['cookie: ', 'cookie:', 'authorization:  ']) {
-      const run = io();
-      const stop = new AbortController();
-      const exit = runCli(['watch', 'ws://127.0.0.1:1/progress', 't1', '--header', header], {
-        ...run.io,
-        signal: stop.signal,
-      });
-      const result = await Promise.race([
-        exit,
-        new Promise((resolve) => setTimeout(() => resolve('still connecting'), 200)),
-      ]);
-      stop.abort();
-      await exit;
+      const { result, err } = await watchWithin200Ms('--header', header);
       expect(result).toBe(CLI_EXIT_CODES.usage);
-      expect(run.err.join('')).toMatch(/^finishline: --header: "(cookie|authorization)" has no value/);
+      expect(err).toMatch(/^finishline: --header: "(cookie|authorization)" has no value/);
     }
   });
 
   it('exits 64 on a --header the upgrade request cannot carry, instead of retrying the socket it cannot create for ever', async () => {
     // ws cannot create a socket whose upgrade request would carry them (node:http refuses it).
     for (const header of ['x-trace id: 1', 'x-trace: 1\r\nx-admin: s3cret', 'x-trace: caf\u20ac']) {
-      const run = io();
-      const stop = new AbortController();
-      const exit = runCli(['watch', 'ws://127.0.0.1:1/progress', 't1', '--header', header], {
-        ...run.io,
-        signal: stop.signal,
-      });
-      const result = await Promise.race([
-        exit,
-        new Promise((resolve) => setTimeout(() => resolve('still retrying'), 200)),
-      ]);
-      stop.abort();
-      await exit;
+      const { result, err } = await watchWithin200Ms('--header', header);
       expect(result).toBe(CLI_EXIT_CODES.usage);
-      expect(run.err.join('')).toMatch(/^finishline: --header: /);
-      expect(run.err.join('')).not.toContain('s3cret');
+      expect(err).toMatch(/^finishline: --header: /);
+      expect(err).not.toContain('s3cret');
     }
   });
 });

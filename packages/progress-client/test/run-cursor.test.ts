@@ -7,6 +7,7 @@ import { SqliteProgressStore } from '@finishline/sqlite';
 import { afterEach, describe, expect, it } from 'vitest';
 import { WebSocket } from 'ws';
 import { httpFallback } from '../src/http-fallback.js';
+import type { ProgressClientOptions } from '../src/options.js';
 import { ProgressClient } from '../src/progress-client.js';
 import { type StreamingFetch, sseFallback } from '../src/sse.js';
 import type { FetchLike } from '../src/transport-types.js';
@@ -39,36 +40,20 @@ const stores: [string, () => ProgressStore][] = [
 
 describe.each(stores)('a watch back after its run was purged (%s)', (_name, open) => {
   it("over HTTP polling, gets the end of the id's new run that ended at the watch's seq, instead of polling for ever", async () => {
-    const store = open();
-    cleanups.push(async () => store.close?.());
-    const server = await ProgressServer.listen(
-      { store, authenticate: users, heartbeatIntervalMs: 300_000 },
-      { port: 0, host: '127.0.0.1' },
-    );
-    cleanups.push(() => server.close({ timeoutMs: 1000 }));
-    const { port } = (server.httpServer as Server).address() as AddressInfo;
-    const proxy = await FaultProxy.start(`ws://127.0.0.1:${port}/progress`);
-    cleanups.push(() => proxy.close());
+    const { store, port, proxy, connect } = await serverBehindProxy(open);
     proxy.refuseNext = Number.MAX_SAFE_INTEGER;
     let held = false;
     const heldFetch: FetchLike = async (...args) => {
       while (held) await sleep(10);
       return (globalThis.fetch as FetchLike)(...args);
     };
-    const client = new ProgressClient({
-      url: proxy.url,
+    const client = connect({
       httpUrl: `http://127.0.0.1:${port}/progress`,
       httpFallback: httpFallback(),
-      WebSocket,
       fetch: heldFetch,
-      headers: { 'x-user': 'alice' },
-      random: () => 0,
-      reconnect: { initialDelayMs: 20, maxDelayMs: 50 },
       httpFallbackAfterAttempts: 2,
       httpPollIntervalMs: 100,
     });
-    client.on('error', () => undefined);
-    cleanups.push(async () => client.close());
 
     const watch = await watchRun1ToSeq3(store, client);
 
@@ -83,25 +68,8 @@ describe.each(stores)('a watch back after its run was purged (%s)', (_name, open
   });
 
   it("over the socket, gets the end of the id's new run that ended at the watch's seq (the server's reset)", async () => {
-    const store = open();
-    cleanups.push(async () => store.close?.());
-    const server = await ProgressServer.listen(
-      { store, authenticate: users, heartbeatIntervalMs: 300_000 },
-      { port: 0, host: '127.0.0.1' },
-    );
-    cleanups.push(() => server.close({ timeoutMs: 1000 }));
-    const { port } = (server.httpServer as Server).address() as AddressInfo;
-    const proxy = await FaultProxy.start(`ws://127.0.0.1:${port}/progress`);
-    cleanups.push(() => proxy.close());
-    const client = new ProgressClient({
-      url: proxy.url,
-      WebSocket,
-      headers: { 'x-user': 'alice' },
-      random: () => 0,
-      reconnect: { initialDelayMs: 20, maxDelayMs: 50 },
-    });
-    client.on('error', () => undefined);
-    cleanups.push(async () => client.close());
+    const { store, proxy, connect } = await serverBehindProxy(open);
+    const client = connect();
 
     const watch = await watchRun1ToSeq3(store, client);
 
@@ -115,16 +83,7 @@ describe.each(stores)('a watch back after its run was purged (%s)', (_name, open
   });
 
   it("over Server-Sent Events, gets the end of the id's new run that ended at the watch's seq (not a 204)", async () => {
-    const store = open();
-    cleanups.push(async () => store.close?.());
-    const server = await ProgressServer.listen(
-      { store, authenticate: users, heartbeatIntervalMs: 300_000 },
-      { port: 0, host: '127.0.0.1' },
-    );
-    cleanups.push(() => server.close({ timeoutMs: 1000 }));
-    const { port } = (server.httpServer as Server).address() as AddressInfo;
-    const proxy = await FaultProxy.start(`ws://127.0.0.1:${port}/progress`);
-    cleanups.push(() => proxy.close());
+    const { store, port, proxy, connect } = await serverBehindProxy(open);
     proxy.refuseNext = Number.MAX_SAFE_INTEGER;
     let held = false;
     const streams = new Set<AbortController>();
@@ -136,18 +95,11 @@ describe.each(stores)('a watch back after its run was purged (%s)', (_name, open
       streams.add(abort);
       return globalThis.fetch(url, { ...init, signal: abort.signal });
     };
-    const client = new ProgressClient({
-      url: proxy.url,
+    const client = connect({
       httpUrl: `http://127.0.0.1:${port}/progress`,
-      WebSocket,
       preferFallback: true,
       fallbackTransport: sseFallback({ fetch: heldFetch }),
-      headers: { 'x-user': 'alice' },
-      random: () => 0,
-      reconnect: { initialDelayMs: 20, maxDelayMs: 50 },
     });
-    client.on('error', () => undefined);
-    cleanups.push(async () => client.close());
 
     const watch = await watchRun1ToSeq3(store, client);
 
@@ -160,6 +112,37 @@ describe.each(stores)('a watch back after its run was purged (%s)', (_name, open
     await expectRun2sEnd(watch);
   });
 });
+
+/**
+ * A server on `open()`'s store behind a fault proxy; `connect(options)`: a client of it (user alice) through
+ * the proxy, retrying within 50 ms, with `options`.
+ */
+async function serverBehindProxy(open: () => ProgressStore) {
+  const store = open();
+  cleanups.push(async () => store.close?.());
+  const server = await ProgressServer.listen(
+    { store, authenticate: users, heartbeatIntervalMs: 300_000 },
+    { port: 0, host: '127.0.0.1' },
+  );
+  cleanups.push(() => server.close({ timeoutMs: 1000 }));
+  const { port } = (server.httpServer as Server).address() as AddressInfo;
+  const proxy = await FaultProxy.start(`ws://127.0.0.1:${port}/progress`);
+  cleanups.push(() => proxy.close());
+  const connect = (options: Partial<ProgressClientOptions> = {}) => {
+    const client = new ProgressClient({
+      url: proxy.url,
+      WebSocket,
+      headers: { 'x-user': 'alice' },
+      random: () => 0,
+      reconnect: { initialDelayMs: 20, maxDelayMs: 50 },
+      ...options,
+    });
+    client.on('error', () => undefined);
+    cleanups.push(async () => client.close());
+    return client;
+  };
+  return { store, port, proxy, connect };
+}
 
 /** Run 1 of `job-1` at seq 3, followed by a watch of `client` that has seen it. */
 async function watchRun1ToSeq3(store: ProgressStore, client: ProgressClient): Promise<Watch> {

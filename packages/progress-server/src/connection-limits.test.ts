@@ -73,15 +73,20 @@ describe('clients that stop reading', () => {
 });
 
 describe('the per-address cap on unauthenticated connections', () => {
-  it('keeps counting a connection whose unauthenticated request never finishes its body', async () => {
+  /** A TCP connection to the test server, once it is open. */
+  async function connected(): Promise<Socket> {
     const { connect } = await import('node:net');
+    return new Promise<Socket>((resolve, reject) => {
+      const s = connect(env!.port, '127.0.0.1', () => resolve(s));
+      s.on('error', reject);
+    });
+  }
+
+  it('keeps counting a connection whose unauthenticated request never finishes its body', async () => {
     env = await startServer({ maxPendingConnectionsPerAddress: 3 });
     const sockets: Socket[] = [];
     for (let i = 0; i < 10; i += 1) {
-      const socket = await new Promise<Socket>((resolve, reject) => {
-        const s = connect(env!.port, '127.0.0.1', () => resolve(s));
-        s.on('error', reject);
-      });
+      const socket = await connected();
       socket.on('error', () => {});
       socket.resume();
       // Headers of a request with a body that then trickles (or never comes): no credentials at all.
@@ -104,10 +109,7 @@ describe('the per-address cap on unauthenticated connections', () => {
     env = await startServer({ maxPendingConnectionsPerAddress: 3 });
     const sockets: Socket[] = [];
     for (let i = 0; i < 10; i += 1) {
-      const socket = await new Promise<Socket>((resolve, reject) => {
-        const s = connect(env!.port, '127.0.0.1', () => resolve(s));
-        s.on('error', reject);
-      });
+      const socket = await connected();
       socket.on('error', () => {});
       const answered = new Promise<void>((resolve) => {
         let text = '';
@@ -133,10 +135,7 @@ describe('the per-address cap on unauthenticated connections', () => {
     const open = sockets.filter((socket) => !socket.destroyed && socket.readyState === 'open').length;
     expect(open).toBeLessThanOrEqual(3);
     // The connections of requests that finished are not counted: a client's keep-alive stays open.
-    const done = await new Promise<Socket>((resolve, reject) => {
-      const s = connect(env!.port, '127.0.0.1', () => resolve(s));
-      s.on('error', reject);
-    });
+    const done = await connected();
     cleanups.push(() => done.destroy());
     done.resume();
     // Authenticated: an idle connection none of whose requests authenticated counts again (see below).
@@ -157,13 +156,9 @@ describe('the per-address cap on unauthenticated connections', () => {
     // A request that needs no credentials (the liveness probe) released its connection, which then stayed
     // uncounted while idle: a client repeating such a request on each of its connections held any number
     // of them, and their descriptors, past the cap.
-    const { connect } = await import('node:net');
     env = await startServer({ maxPendingConnectionsPerAddress: 3 });
     const probe = async (headers = ''): Promise<Socket> => {
-      const socket = await new Promise<Socket>((resolve, reject) => {
-        const s = connect(env!.port, '127.0.0.1', () => resolve(s));
-        s.on('error', reject);
-      });
+      const socket = await connected();
       socket.on('error', () => {});
       cleanups.push(() => socket.destroy());
       const answered = new Promise<void>((resolve) => {
@@ -197,13 +192,9 @@ describe('the per-address cap on unauthenticated connections', () => {
     // Trusted for good after one authenticated request, a connection kept alive by liveness probes (free of
     // credentials and rate-limit tokens) was never counted again: one valid credential held any number of
     // connections past the cap, one request each.
-    const { connect } = await import('node:net');
     env = await startServer({ maxPendingConnectionsPerAddress: 3 });
     const open = async (): Promise<{ socket: Socket; request(head: string): Promise<void> }> => {
-      const socket = await new Promise<Socket>((resolve, reject) => {
-        const s = connect(env!.port, '127.0.0.1', () => resolve(s));
-        s.on('error', reject);
-      });
+      const socket = await connected();
       socket.on('error', () => {});
       cleanups.push(() => socket.destroy());
       let text = '';
@@ -234,14 +225,10 @@ describe('the per-address cap on unauthenticated connections', () => {
   });
 
   it('counting the requests of a kept-alive connection adds no listener per request to its socket', async () => {
-    const { connect } = await import('node:net');
     env = await startServer();
     const accepted: Socket[] = [];
     env.server.httpServer!.on('connection', (socket: Socket) => accepted.push(socket));
-    const socket = await new Promise<Socket>((resolve, reject) => {
-      const s = connect(env!.port, '127.0.0.1', () => resolve(s));
-      s.on('error', reject);
-    });
+    const socket = await connected();
     cleanups.push(() => socket.destroy());
     let text = '';
     socket.on('data', (chunk: Buffer) => {

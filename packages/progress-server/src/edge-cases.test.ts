@@ -5,7 +5,7 @@
  * 3 December 2026, and its test failed before the fix; the last (a socket closed while its subscribes wait
  * on the store) checks what that review found right.
  */
-import { createServer, request as httpRequest, type IncomingMessage } from 'node:http';
+import { createServer, request as httpRequest, type IncomingMessage, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { ErrorCode, MemoryProgressStore, ProgressError } from '@finishline/core';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -40,11 +40,8 @@ function get(
   });
 }
 
-/** A ProgressServer whose HTTP API is mounted on the application's own http.Server. */
-async function onOwnHttpServer() {
-  const store = new MemoryProgressStore();
-  const httpServer = createServer();
-  const progress = new ProgressServer({ store, server: httpServer, authenticate: headerAuth });
+/** Mounts `progress`'s HTTP API on `httpServer`, listening until the test ends: its port. */
+async function serveOn(httpServer: Server, progress: ProgressServer): Promise<number> {
   httpServer.on('request', progress.httpHandler());
   await new Promise<void>((resolve) => httpServer.listen(0, '127.0.0.1', resolve));
   cleanups.push(
@@ -54,7 +51,15 @@ async function onOwnHttpServer() {
         httpServer.close(() => resolve());
       }),
   );
-  return { store, progress, port: (httpServer.address() as AddressInfo).port };
+  return (httpServer.address() as AddressInfo).port;
+}
+
+/** A ProgressServer whose HTTP API is mounted on the application's own http.Server. */
+async function onOwnHttpServer() {
+  const store = new MemoryProgressStore();
+  const httpServer = createServer();
+  const progress = new ProgressServer({ store, server: httpServer, authenticate: headerAuth });
+  return { store, progress, port: await serveOn(httpServer, progress) };
 }
 
 describe('the HTTP API during shutdown (an application http.Server)', () => {
@@ -116,16 +121,7 @@ async function authenticatingUntilReleased() {
       return headerAuth(request);
     },
   });
-  httpServer.on('request', progress.httpHandler());
-  await new Promise<void>((resolve) => httpServer.listen(0, '127.0.0.1', resolve));
-  cleanups.push(
-    () =>
-      new Promise<void>((resolve) => {
-        httpServer.closeAllConnections();
-        httpServer.close(() => resolve());
-      }),
-  );
-  const port = (httpServer.address() as AddressInfo).port;
+  const port = await serveOn(httpServer, progress);
   return { store, progress, base: `http://127.0.0.1:${port}/progress`, inHook, release: held.open };
 }
 

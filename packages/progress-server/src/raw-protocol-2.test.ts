@@ -5,7 +5,7 @@ import { describe, expect, it } from 'vitest';
 import WebSocket from 'ws';
 import { restorableStore } from './testing/harness.js';
 import { bearer, jsonHeaders, userTokens } from './testing/raw-http.js';
-import { errorOf, eventAt, rawSession, snapshotOf } from './testing/raw-session.js';
+import { errorOf, eventAt, holdTaskReads, rawSession, snapshotOf } from './testing/raw-session.js';
 import { type Frame, Raw, WAIT } from './testing/raw-socket.js';
 
 /**
@@ -1057,15 +1057,7 @@ describe('statements without a test before (doc: Transport, Authentication, hear
     const { server, store } = await start({ heartbeatIntervalMs: 100 });
     await server.tasks.create({ id: 'slow', owner: 'alice', kind: 'k' });
     const client = await connect();
-    let release!: () => void;
-    const held = new Promise<void>((resolve) => {
-      release = resolve;
-    });
-    const getTask = store.getTask.bind(store);
-    store.getTask = async (taskId) => {
-      await held;
-      return getTask(taskId);
-    };
+    const release = holdTaskReads(store);
     client.send({ type: 'subscribe', taskId: 'slow', afterSeq: 7 });
     const from = client.frames.length;
     expect((await client.next((f) => f.type === 'heartbeat' && 'slow' in f.seqs, from)).seqs).toEqual({

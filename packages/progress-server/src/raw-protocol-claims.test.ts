@@ -5,7 +5,7 @@ import { describe, expect, it } from 'vitest';
 import WebSocket from 'ws';
 import { startServer } from './testing/harness.js';
 import { bearer } from './testing/raw-http.js';
-import { errorOf, rawSession, snapshotOf } from './testing/raw-session.js';
+import { errorOf, holdTaskReads, rawSession, snapshotOf } from './testing/raw-session.js';
 import { Raw } from './testing/raw-socket.js';
 
 /**
@@ -245,15 +245,7 @@ describe('subscriptions (doc: subscribe, unsubscribe, snapshot triggers, too_man
 
   it('while a task loads, a refusal answers each distinct id once, the subscribe of another afterSeq that restarted the load too', async () => {
     const { store } = await start();
-    let release!: () => void;
-    const held = new Promise<void>((resolve) => {
-      release = resolve;
-    });
-    const getTask = store.getTask.bind(store);
-    store.getTask = async (taskId) => {
-      await held;
-      return getTask(taskId);
-    };
+    const release = holdTaskReads(store);
     const client = await connect();
     client.send({ type: 'subscribe', id: 's1', taskId: 'missing', afterSeq: 0 });
     client.send({ type: 'subscribe', id: 's2', taskId: 'missing', afterSeq: 0 });
@@ -273,15 +265,7 @@ describe('subscriptions (doc: subscribe, unsubscribe, snapshot triggers, too_man
   it('an unsubscribe while the task loads, then a subscribe again: answered; an unsubscribe gets no reply and stops terminal re-sends', async () => {
     const { server, store } = await start();
     const task = await server.tasks.create({ id: 't', owner: 'alice', kind: 'k' });
-    let release!: () => void;
-    const held = new Promise<void>((resolve) => {
-      release = resolve;
-    });
-    const getTask = store.getTask.bind(store);
-    store.getTask = async (taskId) => {
-      await held;
-      return getTask(taskId);
-    };
+    const release = holdTaskReads(store);
     const client = await connect();
     client.send({ type: 'subscribe', id: 'u1', taskId: 't', afterSeq: 0 });
     client.send({ type: 'unsubscribe', taskId: 't' });

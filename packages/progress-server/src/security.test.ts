@@ -36,6 +36,19 @@ async function bystander(): Promise<{ client: RawClient; step: (n: number) => Pr
   };
 }
 
+/** A server letting a socket 10 frames a second (burst 5) and closing it at 20 violations; a bystander; a client. */
+async function floodable() {
+  const clock = new ManualClock();
+  await session.start({
+    rateLimitPerSecond: 10,
+    rateLimitBurst: 5,
+    maxRateLimitViolations: 20,
+    clock: clock.now,
+  });
+  const other = await bystander();
+  return { clock, other, client: await connect() };
+}
+
 describe('authentication at the upgrade', () => {
   it('refuses an upgrade without credentials with HTTP 401 and a JSON error', async () => {
     await session.start();
@@ -376,15 +389,7 @@ describe('bad input', () => {
   });
 
   it('rate-limits a flooding socket, answering every refused frame; one that goes on after its refusals is closed with 4008; others keep receiving', async () => {
-    const clock = new ManualClock();
-    await session.start({
-      rateLimitPerSecond: 10,
-      rateLimitBurst: 5,
-      maxRateLimitViolations: 20,
-      clock: clock.now,
-    });
-    const other = await bystander();
-    const client = await connect();
+    const { clock, other, client } = await floodable();
     const pongs = () => client.frames.filter((frame) => frame.type === 'pong');
     const limited = () => client.frames.filter((frame) => frame.type === 'error');
     for (let i = 0; i < 50; i++) client.send({ type: 'ping', id: `p${i}` });
@@ -413,15 +418,7 @@ describe('bad input', () => {
   it('closes with 4008 a socket refused maxRateLimitViolations × rateLimitBurst frames in one streak, however fast they came', async () => {
     // Folded into one violation per 100 ms, a flood sent as fast as the socket carries it would be answered
     // frame by frame for 20 windows; bounded, it is closed at the 100th refusal here (20 × 5).
-    const clock = new ManualClock();
-    await session.start({
-      rateLimitPerSecond: 10,
-      rateLimitBurst: 5,
-      maxRateLimitViolations: 20,
-      clock: clock.now,
-    });
-    const other = await bystander();
-    const client = await connect();
+    const { other, client } = await floodable();
     for (let i = 0; i < 300; i++) client.send({ type: 'ping', id: `p${i}` });
     expect((await client.closed).code).toBe(4008);
     expect(client.frames.filter((frame) => frame.type === 'pong').length).toBe(5);

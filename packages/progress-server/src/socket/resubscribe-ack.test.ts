@@ -31,6 +31,28 @@ async function watchingFinishedTask() {
   return { task, client };
 }
 
+/**
+ * After `session.start()`: alice's task `id` ended at seq 3 (two items, then completed), watched to its end
+ * on `client` and unsubscribed, then purged and created again by alice (`second`, nothing written yet).
+ */
+async function purgedAndCreatedAgain(id: string) {
+  const { server, store } = session.env;
+  const first = await server.tasks.create({ id, owner: 'alice', kind: 'k', total: 2 });
+  await first.item({ key: 'a', ok: true });
+  await first.item({ key: 'b', ok: true });
+  await first.complete();
+  const client = await connect();
+  client.send({ type: 'subscribe', taskId: id, afterSeq: 0 });
+  await client.next((frame) => frame.type === 'snapshot' && seqOf(frame) === 3);
+  client.send({ type: 'unsubscribe', taskId: id });
+  await client.sync();
+  await new Promise((resolve) => setTimeout(resolve, 5));
+  expect(await store.purgeFinished({ olderThanMs: 0 })).toBe(1);
+  await new Promise((resolve) => setTimeout(resolve, 2));
+  const second = await server.tasks.create({ id, owner: 'alice', kind: 'k' });
+  return { store, client, second };
+}
+
 describe('acks across a resubscribe', () => {
   it('accepts an ack of a seq sent on the socket by the previous stream, before the new subscribe is answered', async () => {
     const { task, client } = await watchingFinishedTask();
@@ -333,20 +355,7 @@ describe('acks of a task id purged and created again', () => {
       heartbeatIntervalMs: 60_000,
       terminalRetry: { initialDelayMs: 30, maxDelayMs: 30 },
     });
-    const { server, store } = session.env;
-    const first = await server.tasks.create({ id: 'job-3', owner: 'alice', kind: 'k', total: 2 });
-    await first.item({ key: 'a', ok: true });
-    await first.item({ key: 'b', ok: true });
-    await first.complete();
-    const client = await connect();
-    client.send({ type: 'subscribe', taskId: 'job-3', afterSeq: 0 });
-    await client.next((frame) => frame.type === 'snapshot' && seqOf(frame) === 3);
-    client.send({ type: 'unsubscribe', taskId: 'job-3' });
-    await client.sync();
-    await new Promise((resolve) => setTimeout(resolve, 5));
-    expect(await store.purgeFinished({ olderThanMs: 0 })).toBe(1);
-    await new Promise((resolve) => setTimeout(resolve, 2));
-    const second = await server.tasks.create({ id: 'job-3', owner: 'alice', kind: 'k' });
+    const { store, client, second } = await purgedAndCreatedAgain('job-3');
     await second.progress({ done: 1 });
     await second.progress({ done: 2 });
     await second.complete();
@@ -422,20 +431,7 @@ describe('acks of a purged run, once its id was taken again by another owner', (
     // the new run's seq), and the writer took it as written: the new run's real ack of that seq was
     // skipped as a duplicate, its `ackedSeq` left behind for good.
     await session.start({ heartbeatIntervalMs: 60_000 });
-    const { server, store } = session.env;
-    const first = await server.tasks.create({ id: 'job-2', owner: 'alice', kind: 'k', total: 2 });
-    await first.item({ key: 'a', ok: true });
-    await first.item({ key: 'b', ok: true });
-    await first.complete();
-    const client = await connect();
-    client.send({ type: 'subscribe', taskId: 'job-2', afterSeq: 0 });
-    await client.next((frame) => frame.type === 'snapshot' && seqOf(frame) === 3);
-    client.send({ type: 'unsubscribe', taskId: 'job-2' });
-    await client.sync();
-    await new Promise((resolve) => setTimeout(resolve, 5));
-    expect(await store.purgeFinished({ olderThanMs: 0 })).toBe(1);
-    await new Promise((resolve) => setTimeout(resolve, 2));
-    const second = await server.tasks.create({ id: 'job-2', owner: 'alice', kind: 'k' });
+    const { store, client, second } = await purgedAndCreatedAgain('job-2');
     await second.progress({ done: 1 });
     client.send({ type: 'subscribe', taskId: 'job-2', afterSeq: 0 });
     await client.next((frame) => frame.type === 'snapshot' && seqOf(frame) === 1);

@@ -174,7 +174,8 @@ describe('descriptor exhaustion', () => {
 });
 
 describe('slow and stray requests', () => {
-  it('closes a connection that sends only part of its headers (headersTimeoutMs)', async () => {
+  /** A server whose requests have 300 ms for their headers (headersTimeoutMs): its port. */
+  async function listenWithHeadersTimeout(): Promise<number> {
     const { ProgressServer } = await import('../progress-server.js');
     const { headerAuth } = await import('../testing/harness.js');
     const { MemoryProgressStore } = await import('@finishline/core');
@@ -184,7 +185,11 @@ describe('slow and stray requests', () => {
     );
     cleanups.push(() => server.close({ timeoutMs: 500 }));
     const address = server.httpServer!.address();
-    const port = typeof address === 'object' && address !== null ? address.port : 0;
+    return typeof address === 'object' && address !== null ? address.port : 0;
+  }
+
+  it('closes a connection that sends only part of its headers (headersTimeoutMs)', async () => {
+    const port = await listenWithHeadersTimeout();
     const partial = await silent(port, 'GET /progress HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n');
     const nothing = await silent(port);
     const [a, b] = await Promise.all([closedWithin(partial, 5000), closedWithin(nothing, 5000)]);
@@ -193,16 +198,7 @@ describe('slow and stray requests', () => {
   });
 
   it('closes a kept-alive connection whose next request trickles its headers (headersTimeoutMs per request)', async () => {
-    const { ProgressServer } = await import('../progress-server.js');
-    const { headerAuth } = await import('../testing/harness.js');
-    const { MemoryProgressStore } = await import('@finishline/core');
-    const server = await ProgressServer.listen(
-      { store: new MemoryProgressStore(), authenticate: headerAuth },
-      { port: 0, host: '127.0.0.1', headersTimeoutMs: 300 },
-    );
-    cleanups.push(() => server.close({ timeoutMs: 500 }));
-    const address = server.httpServer!.address();
-    const port = typeof address === 'object' && address !== null ? address.port : 0;
+    const port = await listenWithHeadersTimeout();
     // A first request answered in full, the connection kept alive; then a second one whose headers come
     // a byte every 50 ms, never finished: each byte is activity, so only a deadline on the whole header
     // section (Node's headersTimeout, from the request's first byte) ends it.

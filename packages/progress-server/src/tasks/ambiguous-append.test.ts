@@ -53,15 +53,21 @@ function failingAppends(store: MemoryProgressStore) {
   };
 }
 
+/** A store (on `clock` if given) whose appends can be made to fail, a replica on it, and a task it runs. */
+async function failingTask(clock?: ManualClock) {
+  const store = new MemoryProgressStore(clock && { clock: clock.now });
+  const appends = failingAppends(store);
+  const server = replica(store, 'replica-a');
+  const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
+  return { store, appends, server, task };
+}
+
 const types = (events: TaskEvent[]) => events.map((event) => event.type);
 const terminal = (input: AppendInput) => input.type !== 'progress' && input.type !== 'item';
 
 describe('a hand-driven append committed, its answer lost', () => {
   it('item(): one event, the caller told store_unavailable, nothing written again; the next item counts on', async () => {
-    const store = new MemoryProgressStore();
-    const appends = failingAppends(store);
-    const server = replica(store, 'replica-a');
-    const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    const { store, appends, task } = await failingTask();
     appends.loseAnswers((input) => input.type === 'item');
     await expect(task.item({ key: 'a', ok: true })).rejects.toMatchObject({
       code: ErrorCode.StoreUnavailable,
@@ -75,10 +81,7 @@ describe('a hand-driven append committed, its answer lost', () => {
   });
 
   it('complete(): one terminal; the handle learns it from the feed; a fail() after it is refused task_finished', async () => {
-    const store = new MemoryProgressStore();
-    const appends = failingAppends(store);
-    const server = replica(store, 'replica-a');
-    const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    const { store, appends, server, task } = await failingTask();
     appends.loseAnswers(terminal);
     const error = await task.complete().catch((caught: unknown) => caught);
     expect(error).toMatchObject({ code: ErrorCode.StoreUnavailable });
@@ -94,10 +97,7 @@ describe('a hand-driven append committed, its answer lost', () => {
 describe('a hand-driven terminal refused by an outage that the caller does not retry', () => {
   it('complete() then fail() both refused: the lease is no longer renewed, and a reaper interrupts the task', async () => {
     const clock = new ManualClock();
-    const store = new MemoryProgressStore({ clock: clock.now });
-    const appends = failingAppends(store);
-    const server = replica(store, 'replica-a');
-    const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    const { store, appends, server, task } = await failingTask(clock);
     await task.item({ key: 'a', ok: true });
     // The handle's own example: complete() in the try, fail() in the catch, both in the same outage.
     appends.refuse(terminal);
@@ -118,10 +118,7 @@ describe('a hand-driven terminal refused by an outage that the caller does not r
 
   it('a complete() retried within the lease still completes the task', async () => {
     const clock = new ManualClock();
-    const store = new MemoryProgressStore({ clock: clock.now });
-    const appends = failingAppends(store);
-    const server = replica(store, 'replica-a');
-    const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    const { appends, task } = await failingTask(clock);
     appends.refuse(terminal);
     await expect(task.complete()).rejects.toMatchObject({ code: ErrorCode.StoreUnavailable });
     appends.heal();

@@ -19,6 +19,21 @@ function setup(store = new MemoryProgressStore()) {
   return { server, store };
 }
 
+/** A server on a manual clock's store, its leases of `leaseTtlMs` renewed 1 ms before they lapse, reaped by hand. */
+function leasedFor(leaseTtlMs: number) {
+  const clock = new ManualClock();
+  const store = new MemoryProgressStore({ clock: clock.now });
+  const server = new ProgressServer({
+    store,
+    authenticate: () => null,
+    leaseTtlMs,
+    leaseRenewIntervalMs: leaseTtlMs - 1,
+    reapIntervalMs: 0,
+  });
+  servers.push(server);
+  return { clock, store, server };
+}
+
 function isTerminalInput(input: AppendInput): boolean {
   return input.type !== 'progress' && input.type !== 'item';
 }
@@ -487,16 +502,7 @@ describe('runBatch', () => {
   );
 
   it('fails the task when an outage outlasts the lease TTL while an item is reported', async () => {
-    const clock = new ManualClock();
-    const store = new MemoryProgressStore({ clock: clock.now });
-    const server = new ProgressServer({
-      store,
-      authenticate: () => null,
-      leaseTtlMs: 250,
-      leaseRenewIntervalMs: 249,
-      reapIntervalMs: 0,
-    });
-    servers.push(server);
+    const { store, server } = leasedFor(250);
     const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
     const append = store.append.bind(store);
     let refused = 0;
@@ -557,16 +563,7 @@ describe('runBatch', () => {
   });
 
   it('gives its terminal event up after the lease TTL: the batch rejects, the lease lapses and a reaper interrupts the task', async () => {
-    const clock = new ManualClock();
-    const store = new MemoryProgressStore({ clock: clock.now });
-    const server = new ProgressServer({
-      store,
-      authenticate: () => null,
-      leaseTtlMs: 300,
-      leaseRenewIntervalMs: 299,
-      reapIntervalMs: 0,
-    });
-    servers.push(server);
+    const { clock, store, server } = leasedFor(300);
     const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
     const append = store.append.bind(store);
     let refused = 0;

@@ -6,6 +6,7 @@
  *
  * @module
  */
+import type { ProgressStore } from '@finishline/core';
 import { afterEach } from 'vitest';
 import { startServer, type TestServer } from './harness.js';
 import { RAW_SOCKET_SERVER_OPTIONS, type RawHttpAnswer, rawHttp } from './raw-http.js';
@@ -66,3 +67,17 @@ export const snapshotOf = (taskId: string) => (f: Frame) => f.type === 'snapshot
 /** Matches the `event` frame of `taskId` at `seq`. */
 export const eventAt = (taskId: string, seq: number) => (f: Frame) =>
   f.type === 'event' && f.event.taskId === taskId && f.event.seq === seq;
+
+/** Holds `store`'s task reads (a task that loads slowly) until the returned function is called. */
+export function holdTaskReads(store: ProgressStore): () => void {
+  let release!: () => void;
+  const held = new Promise<void>((resolve) => {
+    release = resolve;
+  });
+  const getTask = store.getTask.bind(store);
+  store.getTask = async (taskId) => {
+    await held;
+    return getTask(taskId);
+  };
+  return release;
+}

@@ -32,33 +32,42 @@ async function copyDatabase(from: string, to: string): Promise<void> {
   }
 }
 
+/**
+ * A server on a SQLite file that `other` (another process's store: it writes, the server only watches)
+ * writes too, and a client of the server watching task `taskId`, which `other` took to seq `lastSeq`
+ * after the file was backed up at seq 1. `restore()` copies the backup into the live file.
+ */
+async function watchedPastBackup(taskId: string, lastSeq: number) {
+  const dir = mkdtempSync(join(tmpdir(), 'finishline-live-restore-'));
+  cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
+  const file = join(dir, 'progress.db');
+  const backup = join(dir, 'backup.db');
+  const store = new SqliteProgressStore({ database: file, dataVersionPollMs: 5 });
+  cleanups.push(() => store.close());
+  const other = new SqliteProgressStore({ database: file, dataVersionPollMs: 0 });
+  cleanups.push(() => other.close());
+  const { server, wsUrl } = await listenOn(store, { heartbeatIntervalMs: 200 });
+  cleanups.push(() => server.close({ timeoutMs: 1000 }));
+
+  await other.createTask({ id: taskId, owner: 'alice', kind: 'job' });
+  await other.append(taskId, { type: 'progress', done: 1 });
+  await copyDatabase(file, backup);
+  // Past the backup: the server's feed publishes these, and its mark passes their ids.
+  const client = await RawClient.connect(wsUrl, { user: 'alice' });
+  cleanups.push(async () => {
+    await client.close();
+  });
+  client.send({ type: 'subscribe', taskId, afterSeq: 0 });
+  for (let done = 2; done <= lastSeq; done++) await other.append(taskId, { type: 'progress', done });
+  await client.next((frame) => frame.type === 'event' && (frame.event as TaskEvent).seq === lastSeq);
+  return { other, client, restore: () => copyDatabase(backup, file) };
+}
+
 describe('a SQLite file restored under a running server', () => {
   it("brings a watcher of another process's task, written after the restore, to its terminal state", async () => {
-    const dir = mkdtempSync(join(tmpdir(), 'finishline-live-restore-'));
-    cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
-    const file = join(dir, 'progress.db');
-    const backup = join(dir, 'backup.db');
-    const store = new SqliteProgressStore({ database: file, dataVersionPollMs: 5 });
-    cleanups.push(() => store.close());
-    // The other process: it writes, the server only watches.
-    const other = new SqliteProgressStore({ database: file, dataVersionPollMs: 0 });
-    cleanups.push(() => other.close());
-    const { server, wsUrl } = await listenOn(store, { heartbeatIntervalMs: 200 });
-    cleanups.push(() => server.close({ timeoutMs: 1000 }));
+    const { other, client, restore } = await watchedPastBackup('earlier', 30);
 
-    await other.createTask({ id: 'earlier', owner: 'alice', kind: 'job' });
-    await other.append('earlier', { type: 'progress', done: 1 });
-    await copyDatabase(file, backup);
-    // Past the backup: the server's feed publishes these, and its mark passes their ids.
-    const client = await RawClient.connect(wsUrl, { user: 'alice' });
-    cleanups.push(async () => {
-      await client.close();
-    });
-    client.send({ type: 'subscribe', taskId: 'earlier', afterSeq: 0 });
-    for (let done = 2; done <= 30; done++) await other.append('earlier', { type: 'progress', done });
-    await client.next((frame) => frame.type === 'event' && (frame.event as TaskEvent).seq === 30);
-
-    await copyDatabase(backup, file);
+    await restore();
     await other.createTask({ id: 'later', owner: 'alice', kind: 'job', total: 1 });
     const from = client.frames.length;
     client.send({ type: 'subscribe', taskId: 'later', afterSeq: 0 });
@@ -82,29 +91,9 @@ describe('a SQLite file restored under a running server', () => {
   });
 
   it('brings a watcher of a task that ends at a seq lost by the restore (the epoch kept) to its end', async () => {
-    const dir = mkdtempSync(join(tmpdir(), 'finishline-live-restore-'));
-    cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
-    const file = join(dir, 'progress.db');
-    const backup = join(dir, 'backup.db');
-    const store = new SqliteProgressStore({ database: file, dataVersionPollMs: 5 });
-    cleanups.push(() => store.close());
-    const other = new SqliteProgressStore({ database: file, dataVersionPollMs: 0 });
-    cleanups.push(() => other.close());
-    const { server, wsUrl } = await listenOn(store, { heartbeatIntervalMs: 200 });
-    cleanups.push(() => server.close({ timeoutMs: 1000 }));
+    const { other, client, restore } = await watchedPastBackup('t', 3);
 
-    await other.createTask({ id: 't', owner: 'alice', kind: 'job' });
-    await other.append('t', { type: 'progress', done: 1 });
-    await copyDatabase(file, backup);
-    const client = await RawClient.connect(wsUrl, { user: 'alice' });
-    cleanups.push(async () => {
-      await client.close();
-    });
-    client.send({ type: 'subscribe', taskId: 't', afterSeq: 0 });
-    for (let done = 2; done <= 3; done++) await other.append('t', { type: 'progress', done });
-    await client.next((frame) => frame.type === 'event' && (frame.event as TaskEvent).seq === 3);
-
-    await copyDatabase(backup, file);
+    await restore();
     // The worker goes on: its end takes the lost seq 2.
     await other.append('t', { type: 'completed' });
     // The store renews the epoch on noticing the restore: the server resets the watcher from the store.
