@@ -71,6 +71,26 @@ function beyond(baseline: Record<string, number>): Record<string, number> {
   return extra;
 }
 
+/**
+ * A server on the application's own http.Server, with a stall timeout far beyond the test (only close() may
+ * end a stalled connection there), and the server side of each connection it accepted.
+ */
+async function onApplicationServer() {
+  const httpServer = createServer();
+  const progress = new ProgressServer({
+    store: new MemoryProgressStore(),
+    authenticateToken: tokenAuth,
+    server: httpServer,
+    sseStallTimeoutMs: 600_000,
+  });
+  httpServer.on('request', progress.httpHandler());
+  const serverSide: Socket[] = [];
+  httpServer.on('connection', (socket) => serverSide.push(socket));
+  await new Promise<void>((resolve) => httpServer.listen(0, '127.0.0.1', resolve));
+  const { port } = httpServer.address() as AddressInfo;
+  return { progress, httpServer, serverSide, port };
+}
+
 describe('close()', () => {
   it('flushes, closes sockets with 1001, interrupts owned tasks and leaves no timer or socket behind', async () => {
     const before = liveHandles();
@@ -123,20 +143,7 @@ describe('close()', () => {
   });
 
   it("destroys by its deadline an event stream whose reader stopped reading, on the application's http.Server", async () => {
-    const store = new MemoryProgressStore();
-    const httpServer = createServer();
-    // Far beyond the test: only close() may end the stalled stream's connection here.
-    const progress = new ProgressServer({
-      store,
-      authenticateToken: tokenAuth,
-      server: httpServer,
-      sseStallTimeoutMs: 600_000,
-    });
-    httpServer.on('request', progress.httpHandler());
-    const serverSide: Socket[] = [];
-    httpServer.on('connection', (socket) => serverSide.push(socket));
-    await new Promise<void>((resolve) => httpServer.listen(0, '127.0.0.1', resolve));
-    const { port } = httpServer.address() as AddressInfo;
+    const { progress, httpServer, serverSide, port } = await onApplicationServer();
     const task = await progress.tasks.create({ owner: 'alice', kind: 'k' });
     const reader = connect(port, '127.0.0.1');
     try {
@@ -171,20 +178,7 @@ describe('close()', () => {
   });
 
   it("destroys by its deadline an HTTP answer whose reader stopped reading, on the application's http.Server", async () => {
-    const store = new MemoryProgressStore();
-    const httpServer = createServer();
-    // Far beyond the test: only close() may end the stalled answer's connection here.
-    const progress = new ProgressServer({
-      store,
-      authenticateToken: tokenAuth,
-      server: httpServer,
-      sseStallTimeoutMs: 600_000,
-    });
-    httpServer.on('request', progress.httpHandler());
-    const serverSide: Socket[] = [];
-    httpServer.on('connection', (socket) => serverSide.push(socket));
-    await new Promise<void>((resolve) => httpServer.listen(0, '127.0.0.1', resolve));
-    const { port } = httpServer.address() as AddressInfo;
+    const { progress, httpServer, serverSide, port } = await onApplicationServer();
     const task = await progress.tasks.create({ owner: 'alice', kind: 'k' });
     // A page of 1,000 events of some 15 KB each: 15 MB, far more than the kernels' buffers hold.
     const detail = { text: 'x'.repeat(15_000) };
