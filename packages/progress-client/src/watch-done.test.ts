@@ -74,7 +74,12 @@ describe('watch.done({ signal, timeoutMs })', () => {
     // Until 5 December 2026: "must be a number >= 0, got 5", which read as the number it asked for.
     expect(await rejection(watch.done({ timeoutMs: '5' as unknown as number }))).toMatchObject({
       code: ErrorCode.InvalidInput,
-      message: 'watch.done: timeoutMs must be a finite number >= 0, got "5"',
+      message: 'watch.done: timeoutMs must be a number >= 0, got "5"',
+    });
+    // Adoption review, 7 December 2026: -1 was refused as "must be a finite number >= 0", though Infinity is taken.
+    expect(await rejection(watch.done({ timeoutMs: -1 }))).toMatchObject({
+      code: ErrorCode.InvalidInput,
+      message: 'watch.done: timeoutMs must be a number >= 0, got -1',
     });
     expect(await rejection(watch.done({ timeoutMs: Number.NaN }))).toMatchObject({
       code: ErrorCode.InvalidInput,

@@ -8,7 +8,7 @@ import type {
   WatchView,
 } from '@finishline/core';
 import { ErrorCode, ProgressError } from '@finishline/core';
-import { ofType, requireNumber, resolveOptions } from '@finishline/core/internal';
+import { ofType, option, resolveOptions } from '@finishline/core/internal';
 import { EventEmitter } from 'eventemitter3';
 import { noop, type TimerSet } from './timers.js';
 
@@ -105,11 +105,12 @@ export const WATCH_OPTIONS = {
  */
 const DONE_OPTIONS = {
   signal: WATCH_OPTIONS.signal,
-  timeoutMs: {
-    default: undefined,
-    read: (value: unknown, where: string) =>
-      value === Infinity ? value : requireNumber(where, value, { min: 0 }),
-  },
+  // Not requireNumber's "a finite number >= 0": a caller told that about -1 would not guess Infinity is taken.
+  timeoutMs: option(
+    undefined as number | undefined,
+    'a number >= 0',
+    (value) => typeof value === 'number' && value >= 0,
+  ),
 };
 
 /** Options of a bounded wait: `await watch.done({ timeoutMs: 60_000 })`. */

@@ -59,7 +59,7 @@ export interface ProgressState {
   succeeded: number;
   /** Items finished with an error (counted from `item` events). */
   failed: number;
-  /** The item being worked on, for display. */
+  /** The item being worked on, for display; `null` once the task ended (its terminal event clears it). */
   current: string | null;
   /** A human-readable status line. */
   message: string | null;

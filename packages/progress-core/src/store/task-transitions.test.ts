@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { ErrorCode } from '../codes.js';
 import { isProgressError } from '../progress-error.js';
+import type { AppendInput } from './inputs.js';
 import { leaseExpiredReason, newTask, planAppend, planLease } from './task-transitions.js';
 
 /**
@@ -27,6 +28,20 @@ describe('planAppend', () => {
     const second = planAppend(first.task, { type: 'item', key: 'b', ok: true }, 1_002);
     expect(second.task.current).toBe('node-1');
     expect(second.event.progress.current).toBe('node-1');
+  });
+
+  it('ending clears the current item, in the row and in the terminal event (docs/protocol.md, ProgressState)', () => {
+    const ends: AppendInput[] = [
+      { type: 'completed' },
+      { type: 'failed', error: { code: 'x', message: 'y' } },
+      { type: 'cancelled' },
+      { type: 'interrupted', reason: 'lease expired' },
+    ];
+    for (const input of ends) {
+      const working = planAppend(task(), { type: 'progress', current: 'node-12' }, 1_001);
+      const ended = planAppend(working.task, input, 1_002);
+      expect([ended.task.current, ended.event.progress.current], input.type).toEqual([null, null]);
+    }
   });
 
   it('completing without a message keeps the last message', () => {

@@ -554,6 +554,22 @@ describe('HTTP handler', () => {
     ).toBe(401);
   });
 
+  it('says which rule a refused task id breaks', async () => {
+    // Adoption review, 7 December 2026: `GET /progress/tasks/a%20b` answered a bare "Invalid task id".
+    env = await startServer();
+    const cases: Array<[string, string]> = [
+      ['/progress/tasks/a%20b', 'Invalid task id: may contain only letters, digits and _ . : @ / -'],
+      [`/progress/tasks/${'x'.repeat(300)}/events`, 'Invalid task id: must be at most 128 characters'],
+    ];
+    for (const [path, message] of cases) {
+      const response = await call(path, { user: 'alice' });
+      expect(response, path).toMatchObject({
+        status: 400,
+        body: { error: { code: 'invalid_input', message } },
+      });
+    }
+  });
+
   it('answers 400 invalid_input for a task id that is not valid percent-encoding', async () => {
     env = await startServer();
     for (const path of [

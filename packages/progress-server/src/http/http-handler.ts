@@ -16,7 +16,7 @@ import {
   STORE_DEFAULTS,
   toTaskView,
 } from '@finishline/core';
-import { isStorableText, ofType, resolveOptions } from '@finishline/core/internal';
+import { idProblem, isStorableText, ofType, resolveOptions } from '@finishline/core/internal';
 import { AuthRateLimited } from '../address-auth-limits.js';
 import type { AllowedOrigins, Principal } from '../auth.js';
 import { credentialExpired, pathOf } from '../auth.js';
@@ -1161,7 +1161,9 @@ function epochField(epoch: string | undefined): { epoch?: string } {
 /** Refuses an id no task can have (empty, too long, or outside the protocol's id characters): 400. */
 function checkTaskId(taskId: string): void {
   if (taskId.length === 0 || taskId.length > LIMITS.maxIdLength || !ID_PATTERN.test(taskId)) {
-    throw fromCode(ErrorCode.InvalidInput, 'Invalid task id');
+    // Which rule it breaks, in the words the client's watch() uses: a bare "Invalid task id" left a caller
+    // of `GET …/tasks/a%20b` guessing.
+    throw fromCode(ErrorCode.InvalidInput, `Invalid task id: ${idProblem(taskId)}`);
   }
 }
 
