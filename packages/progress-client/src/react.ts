@@ -32,6 +32,8 @@ import type { Watch, WatchState } from './watch.js';
  * function Bar({ taskId }: { taskId: string }) {
  *   const task = useTask(taskId);
  *   if (task === null) return <progress />;
+ *   // `task_not_found`, `forbidden`, the client closed: not `finished`, so check it or the bar spins for ever.
+ *   if (task.fatalError !== null) return <p role="alert">{task.fatalError.message}</p>;
  *   return <progress value={task.fraction ?? undefined} title={task.status} />;
  * }
  *
