@@ -5,7 +5,8 @@
 //      Postgres) with getting-started's Node watcher and the `finishline watch` CLI: the task must reach
 //      `completed` with every item done, and SIGTERM must end the server within 5 s;
 //   2. type-checks the snippets and a file using every entry with `strict` and `skipLibCheck: false`,
-//      under `node16` and under `bundler` resolution;
+//      under `node16` and under `bundler` resolution; then again with typescript@latest from the registry
+//      (its `tsc --init` config; nodenext and bundler with the strictest flags), skipped when offline;
 //   3. imports every entry point with `import` and with `require` (`@finishline/core/testing` is
 //      ESM-only: `import` only), checks that every value the entry's types declare is exported, and
 //      runs `npx finishline --help` (exit 0, the usage), `--version` (the installed version) and `finishline watch` into a pipe closed after the
@@ -301,7 +302,7 @@ export const clock = new ManualClock();
 export const contract: typeof describeProgressStoreContract = describeProgressStoreContract;
 `;
 
-function tsconfig(resolution, files, lib) {
+function tsconfig(resolution, files, lib, extra = {}) {
   return JSON.stringify({
     compilerOptions: {
       strict: true,
@@ -310,12 +311,75 @@ function tsconfig(resolution, files, lib) {
       target: 'ES2022',
       lib,
       types: ['node'],
-      ...(resolution === 'node16'
-        ? { module: 'node16', moduleResolution: 'node16' }
-        : { module: 'esnext', moduleResolution: 'bundler' }),
+      ...(resolution === 'bundler'
+        ? { module: 'esnext', moduleResolution: 'bundler' }
+        : { module: resolution, moduleResolution: resolution }),
+      ...extra,
     },
     files,
   });
+}
+
+/**
+ * The same files with the newest TypeScript on the registry: what `npm install -D typescript` gives a user
+ * today, where the lockfile pins what CI was proved with (7.0.2 was `latest` on 7 December 2026; its
+ * `tsc --init` writes `types: []`, `verbatimModuleSyntax`, `exactOptionalPropertyTypes` and
+ * `noUncheckedIndexedAccess`). Checked under that version's own `tsc --init` config, and under `nodenext`
+ * and `bundler` with `exactOptionalPropertyTypes` and `noUncheckedIndexedAccess`, all with `skipLibCheck:
+ * false`. Installed beside the app, not into it: the value check below uses the pinned compiler's API. The
+ * registry is not needed for CI to pass: when the install fails (offline), the step is skipped, and says so.
+ */
+function newestTypeScript(work, app, nodeFiles) {
+  const dir = join(work, 'ts-latest');
+  const init = join(dir, 'init');
+  mkdirSync(init, { recursive: true });
+  try {
+    // One retry, not npm's two with backoff: offline, the default spends over a minute before giving up.
+    run(
+      'npm',
+      ['install', '--no-audit', '--no-fund', '--fetch-retries=1', '--prefix', dir, 'typescript@latest'],
+      { timeout: 120_000 },
+    );
+  } catch (error) {
+    const reason =
+      `${error.stderr ?? ''}`.split('\n').find((line) => line.startsWith('npm error')) ??
+      error.message.split('\n')[0];
+    log(`types with typescript@latest: SKIPPED, it could not be installed (${reason.trim()})`);
+    return;
+  }
+  const tsc = join(dir, 'node_modules/.bin/tsc');
+  const { version } = JSON.parse(readFileSync(join(dir, 'node_modules/typescript/package.json'), 'utf8'));
+  rmSync(join(init, 'tsconfig.json'), { force: true });
+  run(tsc, ['--init'], { cwd: init });
+  const strictest = { exactOptionalPropertyTypes: true, noUncheckedIndexedAccess: true };
+  const configs = {
+    // As `tsc --init` wrote it, `types: []` included; only the checking of libraries and the emit changed.
+    'tsconfig.latest-init.json': JSON.stringify({
+      extends: join(init, 'tsconfig.json'),
+      compilerOptions: { skipLibCheck: false, noEmit: true },
+      files: [...nodeFiles, 'browser.ts'],
+    }),
+  };
+  for (const resolution of ['nodenext', 'bundler']) {
+    configs[`tsconfig.latest-${resolution}.json`] = tsconfig(resolution, nodeFiles, ['ES2022'], strictest);
+    configs[`tsconfig.latest-browser-${resolution}.json`] = tsconfig(
+      resolution,
+      ['browser.ts'],
+      ['ES2022', 'DOM'],
+      strictest,
+    );
+  }
+  for (const [config, text] of Object.entries(configs)) {
+    writeFileSync(join(app, config), text);
+    try {
+      run(tsc, ['-p', config], { cwd: app });
+    } catch (error) {
+      fail(`typescript@${version}: tsc -p ${config} failed:\n${error.stdout}${error.stderr}`);
+    }
+  }
+  log(
+    `types with typescript@${version} (latest): its tsc --init config, nodenext and bundler with exactOptionalPropertyTypes and noUncheckedIndexedAccess, skipLibCheck false: ok`,
+  );
 }
 
 /**
@@ -476,6 +540,7 @@ async function main() {
       }
     }
     log('types: strict, skipLibCheck false, node16 and bundler resolution: ok');
+    newestTypeScript(work, app, nodeFiles);
 
     // 5. Every entry point, from ESM and from CommonJS.
     const entries = [
