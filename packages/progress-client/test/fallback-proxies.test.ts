@@ -187,54 +187,50 @@ describe('the fallback transports behind proxies and captive portals (a real ser
   it('sends a terminal ack again when a captive portal answered it with its page (200, HTML): the server gets it', async () => {
     // Taken for the server's answer until 7 December 2026: the ack was lost, the task's acked seq left below
     // its end.
-    const { server, url } = await realServer();
-    const acks: string[] = [];
-    const front = await proxy(url, (incoming, outgoing) => {
-      if (!incoming.url?.endsWith('/ack')) return false;
-      acks.push(acks.length === 0 ? 'portal' : 'server');
-      return acks.length === 1 && portalPage(outgoing);
-    });
-    const client = sseClient(front);
-    const task = await server.tasks.create({ owner: 'alice', kind: 'batch', total: 1 });
-    const watch = client.watch(task.id);
-    await task.complete();
-    expect((await watch.done).status).toBe('completed');
-    expect(await within(3_000, () => acks.length >= 2)).toBe(true);
-    // Answered by the server: not sent again.
-    await new Promise((resolve) => setTimeout(resolve, 500));
-    expect(acks).toEqual(['portal', 'server']);
+    await expectAckSentAgainAfterPortal(sseClient);
   });
 
   it('sends a terminal ack of HTTP polling again when a captive portal answered it with its page', async () => {
-    const { server, url } = await realServer();
-    const acks: string[] = [];
     // No WebSocket (nothing listens where the socket goes): the client polls over HTTP.
-    const front = await proxy(url, (incoming, outgoing) => {
-      if (!incoming.url?.endsWith('/ack')) return false;
-      acks.push(acks.length === 0 ? 'portal' : 'server');
-      return acks.length === 1 && portalPage(outgoing);
+    await expectAckSentAgainAfterPortal((front) => {
+      const client = new ProgressClient({
+        url: 'ws://127.0.0.1:9/progress',
+        httpUrl: front,
+        WebSocket,
+        fetch: globalThis.fetch,
+        httpFallback: httpFallback(),
+        httpFallbackAfterAttempts: 1,
+        connectTimeoutMs: 1000,
+        headers: { 'x-user': 'alice' },
+        random: () => 0,
+        httpPollIntervalMs: 50,
+        reconnect: { initialDelayMs: 20, maxDelayMs: 50 },
+      });
+      client.on('error', () => undefined);
+      cleanups.push(() => client.close());
+      return client;
     });
-    const client = new ProgressClient({
-      url: 'ws://127.0.0.1:9/progress',
-      httpUrl: front,
-      WebSocket,
-      fetch: globalThis.fetch,
-      httpFallback: httpFallback(),
-      httpFallbackAfterAttempts: 1,
-      connectTimeoutMs: 1000,
-      headers: { 'x-user': 'alice' },
-      random: () => 0,
-      httpPollIntervalMs: 50,
-      reconnect: { initialDelayMs: 20, maxDelayMs: 50 },
-    });
-    client.on('error', () => undefined);
-    cleanups.push(() => client.close());
-    const task = await server.tasks.create({ owner: 'alice', kind: 'batch', total: 1 });
-    const watch = client.watch(task.id);
-    await task.complete();
-    expect((await watch.done).status).toBe('completed');
-    expect(await within(3_000, () => acks.length >= 2)).toBe(true);
-    await new Promise((resolve) => setTimeout(resolve, 500));
-    expect(acks).toEqual(['portal', 'server']);
   });
 });
+
+/**
+ * A task ended and watched through a front whose first answer to an ack is a captive portal's page: the
+ * watch ends, and the ack is sent again and reaches the server, once (answered by it: not sent again).
+ */
+async function expectAckSentAgainAfterPortal(clientOf: (front: string) => ProgressClient): Promise<void> {
+  const { server, url } = await realServer();
+  const acks: string[] = [];
+  const front = await proxy(url, (incoming, outgoing) => {
+    if (!incoming.url?.endsWith('/ack')) return false;
+    acks.push(acks.length === 0 ? 'portal' : 'server');
+    return acks.length === 1 && portalPage(outgoing);
+  });
+  const client = clientOf(front);
+  const task = await server.tasks.create({ owner: 'alice', kind: 'batch', total: 1 });
+  const watch = client.watch(task.id);
+  await task.complete();
+  expect((await watch.done).status).toBe('completed');
+  expect(await within(3_000, () => acks.length >= 2)).toBe(true);
+  await new Promise((resolve) => setTimeout(resolve, 500));
+  expect(acks).toEqual(['portal', 'server']);
+}
