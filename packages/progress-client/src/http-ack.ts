@@ -67,7 +67,10 @@ type ContentHeaders = { get(name: string): string | null };
  * of backoff: a server down longer does not get one request per finished watch for the page's life), and
  * none after the client closed (its timers start nothing then). Each is given `connectTimeoutMs` to be
  * answered, then aborted and taken for a failure: an ack a proxy held (no answer, no error) was never
- * settled, so never sent again.
+ * settled, so never sent again. A 403 (the principal may no longer see the task) tells the watch nothing:
+ * the ack goes only once the watch has its end and the client has let go of it (its handles closed with
+ * their final state), and a handle emits nothing after `finished`; a socket's `forbidden` about a
+ * finished watch ends it as quietly.
  */
 export function sendAck(
   o: FallbackOptions,
