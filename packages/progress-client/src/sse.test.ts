@@ -251,6 +251,29 @@ describe('the SSE fallback transport', () => {
     expect(scheduler.pending).toBe(0);
   });
 
+  it('drops a block its stream ends before the blank line that ends it (a cut mid-block), and asks for it again', async () => {
+    // The server ends every block it writes, in one write: a block the stream ends before its blank line is
+    // one a proxy or the network cut, and may lack lines (its `data:` cut short, an `id:` without its data).
+    // Dropped, as the SSE spec drops it: the reopened stream brings it again from the cursor.
+    const { client, scheduler, sse } = sseSetup({ preferFallback: true });
+    const task = new FakeTask('t1', 2);
+    const log = record(client.watch('t1'));
+    await flush();
+    const first = sse.streams[0] as SseRequest;
+    first.send({ type: 'snapshot', task: task.view() });
+    const item = { type: 'event' as const, event: task.item('a') };
+    first.write(`id: 1\ndata: ${JSON.stringify(item)}\n`);
+    first.end();
+    await scheduler.advance(100);
+    expect(log).toEqual(['snapshot@0']);
+    const second = sse.streams[1] as SseRequest;
+    expect(second.headers['last-event-id']).toBeUndefined();
+    second.send(item, 1);
+    await flush();
+    expect(log).toEqual(['snapshot@0', 'item@1']);
+    await client.close();
+  });
+
   it('ends a stream once its watch’s end is applied, whether or not its body ends: acknowledged at once', async () => {
     // The stream waited for its body to end (the server ends it after the terminal frame): one that a proxy
     // held open held the end's ack, and the watch, until the silence timeout (32 s), or for ever behind a

@@ -36,7 +36,10 @@ export interface ProgressErrorOptions {
  * ```
  */
 export class ProgressError extends Error {
-  override readonly name = 'ProgressError';
+  // Set in the constructor, not as a field: core's CommonJS build (tsup's sucrase pass) wraps a class with
+  // a field initializer as `(_class = class …)`, and the class was named `_class` there: `console.log` of
+  // one showed `_class [ProgressError]`, and pino logged its `type` as `_class`.
+  declare readonly name: 'ProgressError';
   /** The mark {@link isProgressError} reads (see {@link BRAND}). @internal */
   get [BRAND](): true {
     return true;
@@ -46,6 +49,7 @@ export class ProgressError extends Error {
 
   constructor(code: ErrorCode, message: string, options: ProgressErrorOptions = {}) {
     super(message, options.cause === undefined ? undefined : { cause: options.cause });
+    this.name = 'ProgressError';
     this.code = code;
     this.taskId = options.taskId;
   }
