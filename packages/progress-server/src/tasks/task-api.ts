@@ -282,8 +282,20 @@ export class TaskApi {
     this.#closing = true;
     for (const owned of this.#owned.values()) owned.control.abort(shutdownReason);
     await waitAtMost(Promise.allSettled([...this.#batches]), batchDeadline - Date.now());
-    const interrupts = [...this.#owned.values()].map(({ handle }) => this.#interruptAtShutdown(handle));
+    const unanswered = new Set<string>();
+    const interrupts = [...this.#owned.values()].map(({ handle }) => {
+      unanswered.add(handle.id);
+      return this.#interruptAtShutdown(handle).finally(() => unanswered.delete(handle.id));
+    });
     await waitAtMost(Promise.all(interrupts), deadline - Date.now());
+    // Said now: close() resolves next and ends the logger, so a failure the store reports later is not
+    // logged (it was, after "progress server closed").
+    for (const taskId of unanswered) {
+      this.#logger.error(
+        { taskId },
+        'could not interrupt a task at shutdown: the store did not answer by the deadline; its lease will expire and a reaper will end it',
+      );
+    }
     this.stop();
     for (const taskId of [...this.#owned.keys()]) this.#forget(taskId);
   }
