@@ -65,6 +65,32 @@ export function guardLogger(logger: ProgressLogger): ProgressLogger {
 }
 
 /**
+ * `logger`, silenced for good by `end()`. A server's `close()` ends its logger as it resolves: work of the
+ * server still out at the deadline (a store call that answers later: an interrupt, an ack, a reap) logged
+ * its outcome after `close()` had resolved, after "progress server closed", when the application may have
+ * flushed and ended its logger already (pino's final flush, a test's logger checked).
+ */
+export function endableLogger(logger: ProgressLogger): { logger: ProgressLogger; end(): void } {
+  let ended = false;
+  const gate =
+    (method: LogMethod): LogMethod =>
+    (obj, msg) => {
+      if (!ended) method(obj, msg);
+    };
+  return {
+    logger: {
+      debug: gate(logger.debug),
+      info: gate(logger.info),
+      warn: gate(logger.warn),
+      error: gate(logger.error),
+    },
+    end: () => {
+      ended = true;
+    },
+  };
+}
+
+/**
  * A loggable summary of an unknown thrown value (errors keep their code and message, not the object). Never
  * throws: it runs in error paths, after an application hook failed, where a second exception escaped the
  * guard around it. A value without a string form (`Object.create(null)`, a throwing `toString` or `message`

@@ -25,6 +25,7 @@ import { FairReads } from './hub/fair-reads.js';
 import { StoreEpoch } from './hub/store-epoch.js';
 import { TaskHub } from './hub/task-hub.js';
 import type { ProgressLogger } from './logger.js';
+import { endableLogger } from './logger.js';
 import { ServerMetrics } from './metrics.js';
 import type { ProgressServerOptions, ResolvedServerOptions } from './options.js';
 import { MAX_TIMER_MS, resolveServerOptions } from './options.js';
@@ -145,6 +146,8 @@ export class ProgressServer<P extends Principal = Principal> {
   readonly metrics: ServerMetrics;
   readonly #options: ResolvedServerOptions<P>;
   readonly #logger: ProgressLogger;
+  /** Silences {@link #logger} for good: nothing of this server logs after close() resolved. */
+  readonly #endLogs: () => void;
   readonly #auth: Authenticator<P>;
   readonly #hub: TaskHub;
   readonly #acks: AckWriter;
@@ -187,7 +190,11 @@ export class ProgressServer<P extends Principal = Principal> {
    *   `path` on `server`. Whatever the feed's `subscribe` / `onEpochRenewed` throws.
    */
   constructor(options: ProgressServerOptions<P>) {
-    const resolved = resolveServerOptions(options);
+    const given = resolveServerOptions(options);
+    // Every part logs through it, and close() ends it as it resolves (see endableLogger).
+    const logs = endableLogger(given.logger);
+    const resolved: ResolvedServerOptions<P> = { ...given, logger: logs.logger };
+    this.#endLogs = logs.end;
     if (resolved.server !== undefined && servedPaths.get(resolved.server)?.has(resolved.path)) {
       throw new ProgressError(
         ErrorCode.InvalidInput,
@@ -513,7 +520,9 @@ export class ProgressServer<P extends Principal = Principal> {
    * Graceful shutdown (idempotent): stops accepting sockets, stops batches through their signals and
    * interrupts owned tasks that do not end in time (`interrupted`, "server shutting down"), flushes and
    * closes sockets with 1001, clears every timer and releases the feed. It never closes the store, nor an
-   * `http.Server` or `WebSocketServer` it did not create.
+   * `http.Server` or `WebSocketServer` it did not create. Nothing is logged once it resolved, so the
+   * logger may be flushed and ended then: store calls still out at the deadline end unlogged, and a task
+   * whose interrupt the store had not answered is logged before it resolves.
    */
   close(options: CloseOptions = {}): Promise<void> {
     let timeoutMs: number;
@@ -570,6 +579,7 @@ export class ProgressServer<P extends Principal = Principal> {
     }
     if (this.#options.registry !== undefined) this.metrics.unregister();
     this.#logger.info({ serverId: this.serverId }, 'progress server closed');
+    this.#endLogs();
   }
 
   /** Marks this server's path on the caller's HTTP server as served, or free again (see `servedPaths`). */

@@ -1,10 +1,10 @@
 import { createServer } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
 import { connect } from 'node:net';
-import { MemoryProgressStore } from '@finishline/core';
+import { ErrorCode, MemoryProgressStore, ProgressError } from '@finishline/core';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { ProgressServer } from './progress-server.js';
-import { RawClient, startServer, tokenAuth } from './testing/harness.js';
+import { gate, RawClient, startServer, tokenAuth } from './testing/harness.js';
 
 /**
  * Graceful shutdown leaves nothing behind. Alone in its file, so that the baseline of live handles is
@@ -277,6 +277,49 @@ describe('close()', () => {
       httpServer.closeAllConnections();
       await new Promise((resolve) => httpServer.close(resolve));
     }
+  });
+
+  it('logs nothing after it resolved: an interrupt or a reap the store answers past the deadline is said before', async () => {
+    const store = new MemoryProgressStore();
+    const lines: string[] = [];
+    const log = (level: string) => (fields: Record<string, unknown>, message?: string) =>
+      lines.push(`${level} ${message} ${JSON.stringify(fields)}`);
+    const progress = new ProgressServer({
+      store,
+      authenticateToken: tokenAuth,
+      logger: { debug: log('debug'), info: log('info'), warn: log('warn'), error: log('error') },
+      reapIntervalMs: 20,
+    });
+    const task = await progress.tasks.create({ owner: 'alice', kind: 'k' });
+    // The store stops answering: the interrupt of the task and a reap are still out at the deadline, and
+    // fail once close() resolved.
+    const down = gate();
+    const unavailable = async (): Promise<never> => {
+      await down.promise;
+      throw new ProgressError(ErrorCode.StoreUnavailable, 'store down');
+    };
+    let reaps = 0;
+    store.reapExpiredLeases = () => {
+      reaps += 1;
+      return unavailable();
+    };
+    store.append = unavailable;
+    await expect.poll(() => reaps).toBeGreaterThan(0);
+
+    await progress.close({ timeoutMs: 100 });
+    const atClose = lines.length;
+    expect(lines.at(-1)).toMatch(/^info progress server closed/);
+    // The task left running is logged before close() resolves, with what happens to it.
+    expect(
+      lines.some(
+        (line) => line.startsWith('error could not interrupt a task at shutdown') && line.includes(task.id),
+      ),
+    ).toBe(true);
+    down.open();
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    // Until 7 December 2026 both failures were logged after "progress server closed".
+    expect(lines.slice(atClose)).toEqual([]);
+    await expect.poll(() => pendingTimers.size).toBe(0);
   });
 
   it('listen() with an invalid httpBasePath rejects and leaves no server, timer or socket behind', async () => {

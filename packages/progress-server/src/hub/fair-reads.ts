@@ -4,7 +4,8 @@
  * @module
  */
 import type { Clock } from '@finishline/core';
-import { ErrorCode, ProgressError, systemClock } from '@finishline/core';
+import { systemClock } from '@finishline/core';
+import { shuttingDown } from '../shutting-down.js';
 
 /**
  * How often, at most, the whole of the queues is swept for superseded reads (ms). A sweep asks every
@@ -131,7 +132,7 @@ export class FairReads {
    */
   #refuse(job: Job): void {
     if (job.stale()) this.#settle(job);
-    else job.reject(new ProgressError(ErrorCode.Closed, 'The server is shutting down'));
+    else job.reject(shuttingDown());
   }
 
   /** Starts what the limits allow now, in turn order; leaves the rest for a completion or the next turn. */

@@ -7,10 +7,11 @@
  * @module
  */
 import type { ChangeFeed, ProgressStore, TaskChange, TaskEvent, Unsubscribe } from '@finishline/core';
-import { ErrorCode, isProgressError, isTerminalType, ProgressError } from '@finishline/core';
+import { ErrorCode, isProgressError, isTerminalType } from '@finishline/core';
 import type { ProgressLogger } from '../logger.js';
 import { describeError } from '../logger.js';
 import type { ServerMetrics } from '../metrics.js';
+import { shuttingDown } from '../shutting-down.js';
 import type { FairReads } from './fair-reads.js';
 import { RecentEvents } from './recent-events.js';
 import type { StreamHub, StreamSink } from './task-stream.js';
@@ -100,8 +101,6 @@ interface Followed {
 }
 
 const noop = (): void => undefined;
-
-const closedError = (): ProgressError => new ProgressError(ErrorCode.Closed, 'The server is shutting down');
 
 /** Events read per store call when catching up. */
 const READ_LIMIT = 1000;
@@ -217,7 +216,7 @@ export class TaskHub {
   stream(taskId: string, principalId: string, sink: StreamSink): TaskStream {
     // Once closed, the stream follows nothing and ends with `closed` when it starts (or its load rejects
     // with it), as its reads would be refused: its owner tells the client, which resumes elsewhere.
-    const refused = this.#closed ? closedError() : undefined;
+    const refused = this.#closed ? shuttingDown() : undefined;
     return new TaskStream({ taskId, principalId, hub: this.#streamHub, sink, refused }, (stream) =>
       refused === undefined ? this.follow(taskId, stream) : noop,
     );
@@ -229,7 +228,7 @@ export class TaskHub {
    * a hub that follows nothing (its {@link follow} refuses).
    */
   start(): void {
-    if (this.#closed) throw closedError();
+    if (this.#closed) throw shuttingDown();
     if (this.#stopFeed !== undefined) return;
     this.#stopFeed = this.#feed.subscribe((change) => this.#onChange(change));
   }
@@ -252,7 +251,7 @@ export class TaskHub {
    * unnoticed. Returns the function that removes it. Throws `closed` once the hub is closed.
    */
   follow(taskId: string, subscriber: HubSubscriber): Unsubscribe {
-    if (this.#closed) throw closedError();
+    if (this.#closed) throw shuttingDown();
     let entry = this.#followed.get(taskId);
     if (entry === undefined) {
       entry = {

@@ -25,6 +25,7 @@ import type { TaskHub } from '../hub/task-hub.js';
 import type { ProgressLogger } from '../logger.js';
 import { describeError } from '../logger.js';
 import type { ServerMetrics } from '../metrics.js';
+import { shuttingDown } from '../shutting-down.js';
 import { waitAtMost } from '../wait.js';
 import { clip } from './clip.js';
 import type { LeaseKeeper } from './lease-keeper.js';
@@ -150,7 +151,7 @@ export class TaskApi {
    * @throws ProgressError `invalid_input` (bad fields, taken id), `closed` during shutdown, or a store error.
    */
   async create(options: CreateTaskOptions): Promise<TaskHandle> {
-    if (this.#closing) throw new ProgressError(ErrorCode.Closed, 'The server is shutting down');
+    if (this.#closing) throw shuttingDown();
     if (typeof options !== 'object' || options === null) {
       throw new ProgressError(ErrorCode.InvalidInput, 'tasks.create: options must be an object');
     }
@@ -194,7 +195,7 @@ export class TaskApi {
       control.abort(shutdownReason);
       await this.#interruptAtShutdown(handle);
       this.#forget(task.id);
-      throw new ProgressError(ErrorCode.Closed, 'The server is shutting down');
+      throw shuttingDown();
     }
     return handle;
   }
@@ -281,8 +282,20 @@ export class TaskApi {
     this.#closing = true;
     for (const owned of this.#owned.values()) owned.control.abort(shutdownReason);
     await waitAtMost(Promise.allSettled([...this.#batches]), batchDeadline - Date.now());
-    const interrupts = [...this.#owned.values()].map(({ handle }) => this.#interruptAtShutdown(handle));
+    const unanswered = new Set<string>();
+    const interrupts = [...this.#owned.values()].map(({ handle }) => {
+      unanswered.add(handle.id);
+      return this.#interruptAtShutdown(handle).finally(() => unanswered.delete(handle.id));
+    });
     await waitAtMost(Promise.all(interrupts), deadline - Date.now());
+    // Said now: close() resolves next and ends the logger, so a failure the store reports later is not
+    // logged (it was, after "progress server closed").
+    for (const taskId of unanswered) {
+      this.#logger.error(
+        { taskId },
+        'could not interrupt a task at shutdown: the store did not answer by the deadline; its lease will expire and a reaper will end it',
+      );
+    }
     this.stop();
     for (const taskId of [...this.#owned.keys()]) this.#forget(taskId);
   }
