@@ -1124,16 +1124,24 @@ async function epochRead<P extends Principal>(ctx: HttpHandlerContext<P>, waitMs
  */
 function epochAfterRead<P extends Principal>(
   ctx: HttpHandlerContext<P>,
-): { epoch: string | undefined; after: () => Promise<void>; again: () => Promise<void> } {
+): { epoch: string | undefined; after: () => Promise<boolean>; again: () => Promise<void> } {
   let waitLeft = FIRST_EPOCH_READ_WAIT_MS;
   const wait = async () => {
     waitLeft -= await epochRead(ctx, waitLeft);
   };
+  // The epoch as known before the task's read. A renewal between that read and the epoch's after it (a
+  // restore and its renewal while the task's read was answered) had the old log's task labelled with the
+  // new epoch, and on `events` the new log's page with it: the same epoch before and after is the one
+  // proof the task is of it. `after` tells whether it was the same, for the caller to read the task again.
+  let before = ctx.epoch?.current;
   const read = {
-    epoch: ctx.epoch?.current,
+    epoch: before,
     after: async () => {
       await wait();
       read.epoch = ctx.epoch?.current;
+      const same = before === undefined || read.epoch === before;
+      before = read.epoch;
+      return same;
     },
     again: wait,
   };
@@ -1147,7 +1155,11 @@ function epochAfterRead<P extends Principal>(
  */
 function checkSameEpoch<P extends Principal>(ctx: HttpHandlerContext<P>, epoch: string | undefined): void {
   if (epoch === undefined || ctx.epoch?.current === epoch) return;
-  throw fromCode(
+  throw epochChanged();
+}
+
+function epochChanged(): HttpError {
+  return fromCode(
     ErrorCode.StoreUnavailable,
     "The store's epoch changed while this request was served (the store was restored); try again",
   );
@@ -1181,14 +1193,19 @@ async function loadAuthorized<P extends Principal>(
   taskId: string,
   action: 'watch' | 'cancel',
   hooks: HookDeadline,
-  afterRead?: () => Promise<void>,
+  afterRead?: () => Promise<boolean>,
 ): Promise<Task> {
   checkTaskId(taskId);
   const notFound = () => fromCode(ErrorCode.TaskNotFound, taskNotFoundMessage(taskId));
-  const task = await store.getTask(taskId);
-  if (task === undefined && ctx.revealTaskExistence) throw notFound();
+  let task = await store.getTask(taskId);
   // For a missing task too, unless its absence is no secret: its refusal no sooner than another owner's.
-  await afterRead?.();
+  if ((task !== undefined || !ctx.revealTaskExistence) && afterRead !== undefined && !(await afterRead())) {
+    // The epoch changed across the read (see `epochAfterRead`): the task may be of either log. Read again,
+    // once: a request that started before this replica heard of a renewal is not refused for it.
+    task = await store.getTask(taskId);
+    if (!(await afterRead())) throw epochChanged();
+  }
+  if (task === undefined && ctx.revealTaskExistence) throw notFound();
   // A missing task is refused after the same hook calls as another owner's (see `missingTask`): its
   // refusal no sooner, nor a 404 where a hung hook gets the other one a 504.
   const asked = task ?? missingTask(taskId);
