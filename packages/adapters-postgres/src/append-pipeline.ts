@@ -11,6 +11,7 @@ import {
 import { type Kysely, type RawBuilder, sql, type Transaction } from 'kysely';
 import { integerArrayLiteral, textArrayLiteral } from './array-literal.js';
 import { settlesWithin } from './bounded-end.js';
+import type { ConnectionGate } from './connection-gate.js';
 import { IDLE_IN_TRANSACTION_TIMEOUT_MS, idleInTransactionTimeout } from './idle-in-transaction.js';
 import { LastWrittenRows } from './last-written-rows.js';
 import { lockingTransaction } from './locking-transaction.js';
@@ -179,6 +180,8 @@ interface PendingAppend {
 /** What {@link AppendPipeline} needs. */
 export interface AppendPipelineOptions {
   db: Kysely<ProgressDatabase>;
+  /** Where each write takes its connection: shut by the store's `close()` past `closeTimeoutMs`. */
+  gate: ConnectionGate;
   statements: AppendStatements;
   clock: Clock;
   /** Most appends per transaction. */
@@ -1030,11 +1033,13 @@ export class AppendPipeline {
     const plan = planBatch(batch, from, this.#options.clock());
     // A refusal planned from a remembered row is not trusted: the locked row decides it.
     if (plan.outcomes.some((outcome) => isProgressError(outcome))) return undefined;
-    const { db, statements, expectCommit } = this.#options;
+    const { db, gate, statements, expectCommit } = this.#options;
     for (const task of plan.tasks) expectCommit(task.id, task.seq);
     let written: Awaited<ReturnType<typeof writeAppendsIfUnchanged>>;
     try {
-      written = await writeAppendsIfUnchanged(db, statements, plan.tasks, planned, plan.events);
+      written = await gate.run(db, (connection) =>
+        writeAppendsIfUnchanged(connection, statements, plan.tasks, planned, plan.events),
+      );
     } catch (error) {
       if (!(error instanceof RowMovedOn)) throw error;
       for (const taskId of from.keys()) this.#lastWritten.delete(taskId);
@@ -1062,24 +1067,26 @@ export class AppendPipeline {
   async #writeLocked(batch: PendingAppend[], mode: 'skip' | 'wait'): Promise<WrittenBatch> {
     // The batch's first statement moved on meanwhile (see #writeFromLastWritten): not sent again once abandoned.
     if (this.#abandoned) throw storeClosed();
-    const { db, statements, clock, expectCommit } = this.#options;
+    const { db, gate, statements, clock, expectCommit } = this.#options;
     const now = clock();
     const ids = [...new Set(batch.map((entry) => entry.taskId))].sort(compareIds);
-    return lockingTransaction(db).execute(async (trx) => {
-      if (mode === 'wait') {
-        await sql`SELECT set_config('lock_timeout', ${`${HELD_LOCK_WAIT_MS}ms`}, true)`.execute(trx);
-      }
-      const lockRows = mode === 'wait' ? statements.lockRowsWaiting : statements.lockRows;
-      const { rows } = await lockRows.run(trx, { ids });
-      const heldIds = new Set(rows.filter((row) => row.held).map((row) => row.id));
-      const planned = batch.filter((entry) => !heldIds.has(entry.taskId));
-      const locked = rows.filter((row) => !row.held);
-      const plan = planBatch(planned, tasksById(locked), now);
-      for (const task of plan.tasks) expectCommit(task.id, task.seq);
-      const changes =
-        plan.events.length > 0 ? await writeAppends(trx, statements, plan.tasks, plan.events) : [];
-      const held = batch.filter((entry) => heldIds.has(entry.taskId));
-      return { planned, outcomes: plan.outcomes, changes, tasks: plan.tasks, locked: true, held };
-    });
+    return gate.run(db, (connection) =>
+      lockingTransaction(connection).execute(async (trx) => {
+        if (mode === 'wait') {
+          await sql`SELECT set_config('lock_timeout', ${`${HELD_LOCK_WAIT_MS}ms`}, true)`.execute(trx);
+        }
+        const lockRows = mode === 'wait' ? statements.lockRowsWaiting : statements.lockRows;
+        const { rows } = await lockRows.run(trx, { ids });
+        const heldIds = new Set(rows.filter((row) => row.held).map((row) => row.id));
+        const planned = batch.filter((entry) => !heldIds.has(entry.taskId));
+        const locked = rows.filter((row) => !row.held);
+        const plan = planBatch(planned, tasksById(locked), now);
+        for (const task of plan.tasks) expectCommit(task.id, task.seq);
+        const changes =
+          plan.events.length > 0 ? await writeAppends(trx, statements, plan.tasks, plan.events) : [];
+        const held = batch.filter((entry) => heldIds.has(entry.taskId));
+        return { planned, outcomes: plan.outcomes, changes, tasks: plan.tasks, locked: true, held };
+      }),
+    );
   }
 }

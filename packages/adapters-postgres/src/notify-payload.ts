@@ -1,5 +1,6 @@
 import type { TaskEvent } from '@finishline/core';
-import { EVENT_TYPES, ID_PATTERN, isTerminalType, LIMITS } from '@finishline/core';
+import { ID_PATTERN, isTerminalType, LIMITS } from '@finishline/core';
+import { eventBodyProblem } from '@finishline/core/internal';
 
 /**
  * The payloads the store sends with `pg_notify` on its channel.
@@ -309,7 +310,7 @@ function attachEvents(changes: ChangeNotice[], text: string): void {
 /**
  * The events `firstSeq..seq` of one entry, built as the store builds them from rows (ids, type and
  * time, then the body's fields), or `undefined` when they do not match the entry: a wrong count, an
- * unknown type, a terminal event anywhere but last (or missing there), a body that is not an object.
+ * unknown type, a terminal event anywhere but last (or missing there), a body not of its type's shape.
  */
 function decodeEvents(change: ChangeNotice, value: unknown): TaskEvent[] | undefined {
   if (!Array.isArray(value) || value.length !== change.seq - change.firstSeq + 1) return undefined;
@@ -319,15 +320,16 @@ function decodeEvents(change: ChangeNotice, value: unknown): TaskEvent[] | undef
     if (!Array.isArray(item) || item.length !== 3) return undefined;
     const [type, time, body] = item as unknown[];
     const last = index === value.length - 1;
+    // The body checked as a row's is read back (`toEvent`): a payload of another writer's (another version,
+    // a hand-written pg_notify) with a field missing or unknown reached watchers as a malformed event, and one
+    // naming the event's own taskId, seq or type overrode them.
     if (
       typeof type !== 'string' ||
-      !EVENT_TYPE_NAMES.has(type) ||
+      eventBodyProblem(type, body) !== undefined ||
       isTerminalType(type) !== (last && change.terminal) ||
       typeof time !== 'number' ||
       !Number.isSafeInteger(time) ||
-      typeof body !== 'object' ||
-      body === null ||
-      Array.isArray(body)
+      time < 0
     ) {
       return undefined;
     }
@@ -337,8 +339,6 @@ function decodeEvents(change: ChangeNotice, value: unknown): TaskEvent[] | undef
   }
   return events;
 }
-
-const EVENT_TYPE_NAMES: ReadonlySet<string> = new Set(EVENT_TYPES);
 
 /** An `xid8` as Postgres writes it as text. */
 function isXid(value: unknown): value is string {

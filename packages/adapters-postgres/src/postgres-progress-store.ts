@@ -38,6 +38,7 @@ import { Kysely, PostgresDialect, type QueryResult, type RawBuilder, sql } from 
 import { type AckCall, ackStatement, writeAcks } from './ack-statement.js';
 import { AppendPipeline, AppendStatements, type AppendStats, type AppendTarget } from './append-pipeline.js';
 import { settlesWithin } from './bounded-end.js';
+import { ConnectionGate } from './connection-gate.js';
 import { type GuardedPool, guardedPool } from './guarded-pool.js';
 import {
   DATABASE_CLOCK,
@@ -167,6 +168,8 @@ export class PostgresProgressStore implements ProgressStore {
   readonly #appends: AppendPipeline;
   readonly #acks: StatementBatcher<AckCall, number>;
   readonly #renewals: StatementBatcher<LeaseCall, Task>;
+  /** Where appends, acks and renewals take their connection (see `connection-gate.ts`). */
+  readonly #gate = new ConnectionGate();
   /** Acks and renewals waiting to be asked again (see `#later`), by timer: `close()` ends them at once. */
   readonly #retries = new Map<ReturnType<typeof setTimeout>, { reject(error: unknown): void }>();
   #closed = false;
@@ -262,6 +265,7 @@ export class PostgresProgressStore implements ProgressStore {
     this.#appendStatements = new AppendStatements(this.#db, this.#target);
     this.#appends = new AppendPipeline({
       db: this.#db,
+      gate: this.#gate,
       statements: this.#appendStatements,
       clock: options.clock,
       maxBatchSize: options.maxBatchSize,
@@ -282,16 +286,38 @@ export class PostgresProgressStore implements ProgressStore {
     );
     const acks = ackStatement(this.#db, this.#target.tasks);
     this.#acks = new StatementBatcher(
-      (batch) => writeAcks(this.#db, acks, batch, (call) => this.#later(this.#acks, call)),
+      (batch) =>
+        this.#gated('ack', batch, (db) =>
+          writeAcks(db, acks, batch, (call) => this.#later(this.#acks, call)),
+        ),
       options.maxAckBatchSize,
     );
     this.#renewals = new StatementBatcher(
       (batch) =>
-        renewLeases(this.#db, this.#target, options.leaseClock, batch, (call) =>
-          this.#later(this.#renewals, call),
+        this.#gated('renewLease', batch, (db) =>
+          renewLeases(db, this.#target, options.leaseClock, batch, (call) =>
+            this.#later(this.#renewals, call),
+          ),
         ),
       options.maxBatchSize,
     );
+  }
+
+  /**
+   * A batcher's `write` of `batch`, on a connection taken through the gate. `write` settles every call and
+   * never rejects; the connection it did not get (the database refused it, or `close()` shut the gate
+   * meanwhile) rejects them all, as `what`.
+   */
+  #gated<I extends { taskId: string }, O>(
+    what: string,
+    batch: BatchedCall<I, O>[],
+    write: (db: Kysely<ProgressDatabase>) => Promise<void>,
+  ): Promise<void> {
+    return this.#gate.run(this.#db, write).catch((error: unknown) => {
+      const taskIds = new Set(batch.map((call) => call.input.taskId));
+      const failure = toProgressError(error, what, taskIds.size === 1 ? batch[0]?.input.taskId : undefined);
+      for (const call of batch) call.reject(failure);
+    });
   }
 
   async #start(): Promise<void> {
@@ -692,8 +718,10 @@ export class PostgresProgressStore implements ProgressStore {
       if (!(await settlesWithin(written, this.#options.closeTimeoutMs))) {
         // The database has not answered statements sent before close() (see closeTimeoutMs): their
         // connections go, which fails them at once; the pipeline and the batchers do not retry once closed,
-        // and the appends not sent yet are rejected (sent now, they would wait on that database too).
+        // and the appends not sent yet are rejected (sent now, they would wait on that database too), as are
+        // the writes still waiting for a connection: with `db`, for one the caller's pool may never free.
         this.#appends.abandon();
+        this.#gate.shut();
         // With `db` nothing was cut, so nothing in flight settles any sooner: waited for again, close() took
         // twice closeTimeoutMs (until 7 December 2026).
         if (this.#pool !== undefined) {

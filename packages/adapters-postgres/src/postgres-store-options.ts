@@ -138,7 +138,8 @@ export interface PostgresProgressStoreOptions {
    * not sent yet (queued behind those, or waiting for a new connection to that database) reject with `closed`,
    * nothing of them written. No other client of the
    * pool is touched. With `db` (a Kysely instance) the store cannot reach its
-   * connections: `close()` stops waiting, and those statements settle when the database answers.
+   * connections: `close()` stops waiting, and those statements settle when the database answers; appends,
+   * acks and renewals still waiting for a connection of its pool reject with `closed`, nothing of them written.
    * @default 5000
    */
   closeTimeoutMs?: number | undefined;

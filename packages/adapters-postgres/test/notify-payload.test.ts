@@ -66,7 +66,9 @@ describe('NOTIFY payloads', () => {
     if (older.kind !== 'changes') throw new Error('not changes');
     expect(older.changes.some((change) => 'run' in change)).toBe(false);
     // With events, as an older version sent them too.
-    const withEvents = decodeNotice('[["job-1",1,1,0]]\n[[["progress",1700000000000,{"message":"m"}]]]');
+    const withEvents = decodeNotice(
+      '[["job-1",1,1,0]]\n[[["progress",1700000000000,{"progress":{"total":null,"done":0,"succeeded":0,"failed":0,"current":null,"message":"m"}}]]]',
+    );
     expect(withEvents).toMatchObject({
       kind: 'changes',
       changes: [{ taskId: 'job-1', seq: 1, events: [{ seq: 1 }] }],
@@ -289,19 +291,54 @@ describe('NOTIFY payloads', () => {
         changes: [{ taskId: 't', firstSeq: 3, seq: 4, terminal: true }],
       });
     }
-    expect(decodeNotice(`${ids}\n[[["progress",1,${progress}],["completed",2,${progress}]]]`)).toMatchObject({
-      kind: 'changes',
-      changes: [
-        {
-          events: [
-            { taskId: 't', seq: 3, time: 1 },
-            { taskId: 't', seq: 4, time: 2 },
-          ],
-        },
-      ],
-    });
+    const completed = `${progress.slice(0, -1)},"result":null}`;
+    expect(decodeNotice(`${ids}\n[[["progress",1,${progress}],["completed",2,${completed}]]]`)).toMatchObject(
+      {
+        kind: 'changes',
+        changes: [
+          {
+            events: [
+              { taskId: 't', seq: 3, time: 1 },
+              { taskId: 't', seq: 4, time: 2 },
+            ],
+          },
+        ],
+      },
+    );
     expect(decodeNotice('[["t",3,4,1]x\n[]')).toEqual({ kind: 'malformed' });
     expect(decodeNotice('{"barrier":"abc","xmin":"1"}\n[]')).toEqual({ kind: 'malformed' });
+  });
+
+  it("drop events whose body another writer malformed, as a store's read of their rows refuses them", () => {
+    // Checked for an object only, such a body reached watchers as the event (its own fields overriding the
+    // entry's task, seq or type), where the row read back (`toEvent`) fails: the feed now reads the rows.
+    const [payload] = encodeChangeNotices([withEvents('t', 3, ['a', 'b'], true)]);
+    const full = decodeNotice(payload);
+    if (full.kind !== 'changes') throw new Error('not changes');
+    const [first, last] = (full.changes[0]?.events ?? []).map(
+      ({ taskId: _t, seq: _s, type, time, ...body }) => [type, time, body] as const,
+    );
+    if (first === undefined || last === undefined) throw new Error('no events');
+    const ids = '[["t",3,4,1]]';
+    const text = (body: unknown, time = first[1]) =>
+      `${ids}\n${JSON.stringify([[[first[0], time, body], last]])}`;
+    expect(decodeNotice(text(first[2])), 'the valid payload').toMatchObject({
+      changes: [{ events: [{ seq: 3 }, { seq: 4 }] }],
+    });
+    const wrong = [
+      text({ ...first[2], seq: 99 }), // overrides the entry's seq
+      text({ ...first[2], taskId: 'other' }),
+      text({ ...first[2], type: 'completed' }), // a terminal type in a change that does not end the task
+      text({ ...first[2], unknown: 1 }),
+      text({}), // fields missing
+      text(first[2], -5), // a time before 1970
+    ];
+    for (const damaged of wrong) {
+      expect(decodeNotice(damaged), damaged).toEqual({
+        kind: 'changes',
+        changes: [{ taskId: 't', firstSeq: 3, seq: 4, terminal: true }],
+      });
+    }
   });
 
   it('decode barriers, purge and epoch notices, and anything else as malformed without throwing', () => {
