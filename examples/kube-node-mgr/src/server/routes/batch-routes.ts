@@ -894,11 +894,16 @@ function alreadyRerun(
   };
 }
 
-/** The optional free-text reason of a cordon (shown per node). */
+/**
+ * The optional free-text reason of a cordon (shown per node). Refused with U+0000, which Postgres cannot
+ * store in text: the batch was started all the same, cordoning its nodes, and every note of it failed to
+ * save ("cordon note not saved" in the log only), so the nodes showed no one's reason.
+ */
 function parseReason(value: unknown): string | undefined {
   if (value === undefined || value === null || value === '') return undefined;
   if (typeof value !== 'string') throw new BadRequestError('reason', 'reason must be a string');
   if (value.length > 500) throw new BadRequestError('reason', 'reason must be at most 500 characters');
+  if (value.includes('\u0000')) throw new BadRequestError('reason', 'reason must not contain U+0000');
   return value;
 }
 
