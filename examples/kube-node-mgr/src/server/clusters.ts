@@ -14,6 +14,11 @@ export interface Cluster {
 /** A cluster name as a request may carry it: a kubeconfig context name's usual characters. */
 const CLUSTER_NAME = /^[\w.:@/-]{1,253}$/;
 
+/** Whether `name` may name a cluster (every cluster's name, hence every recorded one, passes). */
+export function isClusterName(name: string): boolean {
+  return CLUSTER_NAME.test(name);
+}
+
 /** The set of clusters, the first the default. */
 export class ClusterSet {
   readonly #byName: Map<string, Cluster>;
@@ -24,8 +29,7 @@ export class ClusterSet {
     if (first === undefined) throw new Error('ClusterSet: at least one cluster is needed');
     this.#byName = new Map();
     for (const cluster of clusters) {
-      if (!CLUSTER_NAME.test(cluster.name))
-        throw new Error(`ClusterSet: invalid cluster name "${cluster.name}"`);
+      if (!isClusterName(cluster.name)) throw new Error(`ClusterSet: invalid cluster name "${cluster.name}"`);
       if (this.#byName.has(cluster.name))
         throw new Error(`ClusterSet: cluster "${cluster.name}" given twice`);
       this.#byName.set(cluster.name, cluster);

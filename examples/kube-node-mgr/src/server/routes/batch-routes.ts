@@ -114,6 +114,14 @@ export function registerBatchRoutes(ctx: RouteContext): BatchRuns {
     return next;
   };
 
+  const tooManyBatches = (running: readonly { id: string }[]): StartRefusal => ({
+    ok: false,
+    status: 429,
+    code: 'too_many_batches',
+    message: `you already have ${running.length} batches running (at most ${config.maxRunningBatchesPerUser}); wait for one to finish`,
+    extra: { running: running.map((t) => t.id) },
+  });
+
   /** Checks the cap and the node locks, creates the task, records it and runs the batch in the background. */
   const startBatch = (
     session: Session,
@@ -131,15 +139,7 @@ export function registerBatchRoutes(ctx: RouteContext): BatchRuns {
         statuses: ['running'],
         limit: config.maxRunningBatchesPerUser,
       });
-      if (running.length >= config.maxRunningBatchesPerUser) {
-        return {
-          ok: false,
-          status: 429,
-          code: 'too_many_batches',
-          message: `you already have ${running.length} batches running (at most ${config.maxRunningBatchesPerUser}); wait for one to finish`,
-          extra: { running: running.map((t) => t.id) },
-        };
-      }
+      if (running.length >= config.maxRunningBatchesPerUser) return tooManyBatches(running);
       const taskId = claim?.taskId ?? randomUUID();
       let blocking: NodeLock[];
       try {
@@ -228,6 +228,22 @@ export function registerBatchRoutes(ctx: RouteContext): BatchRuns {
           total: names.length,
           message: description,
         });
+        // The cap again, now that this task is in the store. The check above runs before it exists and is
+        // serialized per process only: two starts sent at once to two replicas both read the user's running
+        // batches before either task existed, and both started (4 of at most 3). Of two starts counting
+        // here, the later count sees both tasks, so at most the cap run; both may yield (then both say so).
+        const runningNow = await store.listTasks({
+          owner: session.username,
+          statuses: ['running'],
+          limit: config.maxRunningBatchesPerUser + 1,
+        });
+        if (runningNow.length > config.maxRunningBatchesPerUser) {
+          await task
+            .fail({ code: 'not_started', message: 'too many batches running' })
+            .catch(() => undefined);
+          await db.unlockTask(taskId).catch(() => undefined);
+          return tooManyBatches(runningNow.filter((t) => t.id !== taskId));
+        }
         await db.recordTask({
           taskId,
           cluster: cluster.name,
@@ -894,11 +910,16 @@ function alreadyRerun(
   };
 }
 
-/** The optional free-text reason of a cordon (shown per node). */
+/**
+ * The optional free-text reason of a cordon (shown per node). Refused with U+0000, which Postgres cannot
+ * store in text: the batch was started all the same, cordoning its nodes, and every note of it failed to
+ * save ("cordon note not saved" in the log only), so the nodes showed no one's reason.
+ */
 function parseReason(value: unknown): string | undefined {
   if (value === undefined || value === null || value === '') return undefined;
   if (typeof value !== 'string') throw new BadRequestError('reason', 'reason must be a string');
   if (value.length > 500) throw new BadRequestError('reason', 'reason must be at most 500 characters');
+  if (value.includes('\u0000')) throw new BadRequestError('reason', 'reason must not contain U+0000');
   return value;
 }
 

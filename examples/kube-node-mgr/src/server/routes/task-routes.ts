@@ -6,6 +6,7 @@ import type { NextFunction, Request, Response } from 'express';
 import express from 'express';
 import { LISTED_NODES, type TaskEntry } from '../../shared/api-types.js';
 import type { TaskRecord } from '../app-db.js';
+import { isClusterName } from '../clusters.js';
 import type { Authed, RouteContext } from './context.js';
 
 export function registerTaskRoutes(ctx: RouteContext): void {
@@ -36,13 +37,21 @@ export function registerTaskRoutes(ctx: RouteContext): void {
     const limit = queryLimit(req.query.limit, 20);
     const before = Number(req.query.before);
     // The previous page's last task id: with `before`, the cursor that loses no batch of the same millisecond.
+    // Neither it nor `cluster` may carry U+0000 (`%00`) to the database: Postgres refuses the whole query, a
+    // `500 internal` logged as a server error.
     const beforeId =
-      typeof req.query.beforeId === 'string' && req.query.beforeId !== '' && req.query.beforeId.length <= 256
+      typeof req.query.beforeId === 'string' &&
+      req.query.beforeId !== '' &&
+      req.query.beforeId.length <= 256 &&
+      !req.query.beforeId.includes('\u0000')
         ? req.query.beforeId
         : undefined;
     const mine = req.query.scope === 'mine' || req.role === 'operator';
     const cluster =
       typeof req.query.cluster === 'string' && req.query.cluster !== '' ? req.query.cluster : undefined;
+    if (cluster !== undefined && !isClusterName(cluster)) {
+      return fail(res, 400, 'invalid_input', 'cluster is not a cluster name', { field: 'cluster' });
+    }
     const records = await db.tasks({
       limit,
       ...(mine ? { username: session.username } : {}),

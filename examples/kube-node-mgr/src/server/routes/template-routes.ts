@@ -3,6 +3,13 @@
 import { BadRequestError, type Operation, parseOperation } from '../operations.js';
 import type { RouteContext } from './context.js';
 
+/**
+ * Templates one user may have saved. Unbounded, one operator (or a script with its cookie, 10 saves a second
+ * under the request rate limit) could grow the shared list without end: every user's dialog loads all of it
+ * into its picker at each open.
+ */
+export const MAX_TEMPLATES_PER_USER = 50;
+
 export function registerTemplateRoutes(ctx: RouteContext): void {
   const { db, fail, route } = ctx;
   // Saved label / taint templates, shared by everyone: anyone lists them, operators save them, the author or
@@ -35,6 +42,16 @@ export function registerTemplateRoutes(ctx: RouteContext): void {
       if (error instanceof BadRequestError)
         return fail(res, 400, 'invalid_input', error.message, { field: error.field });
       throw error;
+    }
+    const mine = (await db.templates()).filter((t) => t.createdBy === session.username).length;
+    if (mine >= MAX_TEMPLATES_PER_USER) {
+      return fail(
+        res,
+        409,
+        'too_many_templates',
+        `you have ${mine} templates (at most ${MAX_TEMPLATES_PER_USER} each); delete one first`,
+        { limit: MAX_TEMPLATES_PER_USER },
+      );
     }
     const template = {
       name: name.trim(),
