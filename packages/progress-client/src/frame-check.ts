@@ -1,12 +1,5 @@
 import type { ServerFrame } from '@finishline/core';
-import {
-  ERROR_CODES,
-  ErrorCode,
-  isProtocolVersion,
-  PROTOCOL_VERSIONS,
-  ProgressError,
-  TASK_STATUSES,
-} from '@finishline/core';
+import { ERROR_CODES, ErrorCode, PROTOCOL_VERSIONS, ProgressError, TASK_STATUSES } from '@finishline/core';
 import {
   type DecodeResult,
   type FrameObject,
@@ -210,7 +203,7 @@ export function checkServerFrame(value: FrameObject): DecodeResult<ServerFrame> 
     type === 'hello' &&
     Number.isSafeInteger(value.protocol) &&
     (value.protocol as number) >= 1 &&
-    !isProtocolVersion(value.protocol)
+    !(PROTOCOL_VERSIONS as readonly unknown[]).includes(value.protocol)
   ) {
     code = ErrorCode.UnsupportedProtocol;
     // The versions written out, and shorter than core's wording: bytes (a test ties them to PROTOCOL_VERSIONS).
