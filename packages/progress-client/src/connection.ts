@@ -15,7 +15,6 @@ import {
   CLOSE_TOKEN_EXPIRED,
   CLOSE_UNAUTHENTICATED,
   CLOSE_UNSUPPORTED_PROTOCOL,
-  encodeFrame,
   MAX_TOKEN_LENGTH,
 } from '@finishline/core/internal';
 import { type AttemptFailure, describeEarlyClose, unreachableError } from './connect-errors.js';
@@ -151,7 +150,7 @@ export class Connection {
   #sendOn(socket: WebSocketLike | undefined, frame: ClientFrame): boolean {
     if (socket !== this.#socket || socket?.readyState !== OPEN) return false;
     try {
-      socket.send(encodeFrame(frame));
+      socket.send(JSON.stringify(frame));
       return true;
     } catch {
       return false; // the socket is going: its close takes over
