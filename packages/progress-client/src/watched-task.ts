@@ -1,8 +1,7 @@
 import {
-  ErrorCode,
   type ItemEvent,
   isTerminalEvent,
-  ProgressError,
+  type ProgressError,
   type ProgressEvent,
   type TerminalEvent,
   type WatchView,
@@ -53,11 +52,6 @@ export class WatchedTask implements WatchSource {
   restore(delivered: readonly Delivery[], view: WatchView): void {
     for (const delivery of delivered) this.#sample(delivery);
     this.#state = this.#buildState(view, null);
-  }
-
-  /** The error a handle closed before the end rejects with. */
-  closedError(): ProgressError {
-    return new ProgressError(ErrorCode.Closed, 'The watch was closed', { taskId: this.taskId });
   }
 
   /** Adds a handle, owing it the state so far (and the terminal event if the task already ended). */
