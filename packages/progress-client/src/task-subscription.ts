@@ -61,10 +61,11 @@ export type StuckAction = 'resync' | 'reconnect' | 'http';
 
 /** @internal */
 export class TaskSubscription {
-  readonly taskId: string;
+  // `declare`: the constructor sets them; without it, the bundle defines each as a field first too.
+  declare readonly taskId: string;
   /** The state and handles the application sees. */
-  readonly task: WatchedTask;
-  readonly cursor: WatchCursor;
+  declare readonly task: WatchedTask;
+  declare readonly cursor: WatchCursor;
   readonly #clock: Clock;
   readonly #watchdog: FinishWatchdog;
   readonly #watchdogTimer: Timeout;

@@ -27,10 +27,11 @@ import type { Watch, WatchSource, WatchState } from './watch.js';
  * @internal
  */
 export class WatchedTask implements WatchSource {
-  readonly taskId: string;
+  // `declare`: the constructor sets them; without it, the bundle defines each as a field first too.
+  declare readonly taskId: string;
   readonly handles = new Set<Watch>();
   /** The client's timers (cleared when it closes), for the deadlines of `watch.done({ timeoutMs })`. */
-  readonly timers: TimerSet;
+  declare readonly timers: TimerSet;
   #state: WatchState;
   readonly #rate: RateEstimator;
   #terminal: TerminalEvent | undefined;
