@@ -15,7 +15,6 @@ import {
   CLOSE_TOKEN_EXPIRED,
   CLOSE_UNAUTHENTICATED,
   CLOSE_UNSUPPORTED_PROTOCOL,
-  encodeFrame,
   MAX_TOKEN_LENGTH,
 } from '@finishline/core/internal';
 import { type AttemptFailure, describeEarlyClose, unreachableError } from './connect-errors.js';
@@ -133,13 +132,8 @@ export class Connection {
       }
       return false;
     }
-    if (socket !== this.#socket || socket.readyState !== OPEN) return false;
-    try {
-      socket.send(encodeFrame({ type: 'auth', token: credential, protocol: PROTOCOL_VERSION }));
-      return true;
-    } catch {
-      return false; // the socket is going; the reconnect authenticates with a fresh token
-    }
+    // (A socket going meanwhile: the reconnect authenticates with a fresh token.)
+    return this.#sendOn(socket, { type: 'auth', token: credential, protocol: PROTOCOL_VERSION });
   }
 
   /** Opens a socket if there is none and none is scheduled (connect lazily, on the first watch). */
@@ -149,13 +143,17 @@ export class Connection {
 
   /** Sends a frame on the ready socket; false when there is none (the reconnect will resend state). */
   send(frame: ClientFrame): boolean {
-    const socket = this.#socket;
-    if (!this.#ready || socket === undefined || socket.readyState !== OPEN) return false;
+    return this.#ready && this.#sendOn(this.#socket, frame);
+  }
+
+  /** Sends on `socket` while it is the current one and open; false otherwise, or when the send throws. */
+  #sendOn(socket: WebSocketLike | undefined, frame: ClientFrame): boolean {
+    if (socket !== this.#socket || socket?.readyState !== OPEN) return false;
     try {
-      socket.send(encodeFrame(frame));
+      socket.send(JSON.stringify(frame));
       return true;
     } catch {
-      return false;
+      return false; // the socket is going: its close takes over
     }
   }
 
@@ -285,14 +283,9 @@ export class Connection {
       return;
     }
     if (this.#awaitingToken === socket) this.#awaitingToken = undefined;
-    if (socket !== this.#socket || socket.readyState !== OPEN) return;
-    try {
-      // The version of the subprotocol the server selected (an older server selects version 1).
-      const protocol = socket.protocol === PROTOCOL_NAME_V1 ? 1 : PROTOCOL_VERSION;
-      socket.send(encodeFrame({ type: 'auth', token: credential, protocol }));
-    } catch {
-      // The socket is closing: its close event takes over.
-    }
+    // The version of the subprotocol the server selected (an older server selects version 1).
+    const protocol = socket.protocol === PROTOCOL_NAME_V1 ? 1 : PROTOCOL_VERSION;
+    this.#sendOn(socket, { type: 'auth', token: credential, protocol });
   }
 
   #message(socket: WebSocketLike, data: unknown): void {

@@ -1,4 +1,4 @@
-import { ErrorCode, LIMITS, PROTOCOL_VERSIONS } from '@finishline/core';
+import { ErrorCode, EVENT_TYPES, LIMITS, PROTOCOL_VERSIONS, SERVER_FRAME_TYPES } from '@finishline/core';
 import { decodeServerText as coreDecodeServerText, idProblem } from '@finishline/core/internal';
 import {
   expectSameData,
@@ -198,7 +198,8 @@ describe("the client's frame check", () => {
     [
       '{"type":"news"}',
       ErrorCode.UnknownFrame,
-      'Unknown server frame type "news"; expected one of hello, snapshot, event, heartbeat, error, pong',
+      // Listed from the client's own table of checks: core's list, so the two cannot drift apart.
+      `Unknown server frame type "news"; expected one of ${SERVER_FRAME_TYPES.join(', ')}`,
     ],
     [
       '{"type":"hello","protocol":3,"serverId":"s","heartbeatIntervalMs":1}',
@@ -213,7 +214,7 @@ describe("the client's frame check", () => {
     [
       '{"type":"event","event":{"type":"done","taskId":"t"}}',
       ErrorCode.InvalidFrame,
-      'Invalid event frame: event.type: must be an event of type progress, item, completed, failed, cancelled, interrupted',
+      `Invalid event frame: event.type: must be an event of type ${EVENT_TYPES.join(', ')}`,
     ],
     [
       '{"type":"error","code":"nope","message":"m","taskId":"t1"}',

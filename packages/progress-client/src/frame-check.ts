@@ -1,14 +1,5 @@
 import type { ServerFrame } from '@finishline/core';
-import {
-  ERROR_CODES,
-  ErrorCode,
-  EVENT_TYPES,
-  isProtocolVersion,
-  PROTOCOL_VERSIONS,
-  ProgressError,
-  SERVER_FRAME_TYPES,
-  TASK_STATUSES,
-} from '@finishline/core';
+import { ERROR_CODES, ErrorCode, PROTOCOL_VERSIONS, ProgressError, TASK_STATUSES } from '@finishline/core';
 import {
   type DecodeResult,
   type FrameObject,
@@ -132,9 +123,12 @@ const EVENTS = new Map<unknown, Check>([
   ['interrupted', object({ ...eventBase, reason: text })],
 ]);
 
+// (The types EVENTS checks, listed from it: core's EVENT_TYPES, as a test checks.)
 const event: Check = (value) => {
   const check = EVENTS.get((value as FrameObject | null)?.type);
-  return check === undefined ? `.type: must be an event of type ${EVENT_TYPES.join(', ')}` : check(value);
+  return check === undefined
+    ? `.type: must be an event of type ${[...EVENTS.keys()].join(', ')}`
+    : check(value);
 };
 
 /** Task ids to seqs; ids cannot be `__proto__`, `constructor` or `prototype`, so no key misbehaves. */
@@ -203,12 +197,13 @@ export function checkServerFrame(value: FrameObject): DecodeResult<ServerFrame> 
   if (typeof type !== 'string') message = 'Invalid frame: type: must be a string';
   else if (check === undefined) {
     code = ErrorCode.UnknownFrame;
-    message = `Unknown server frame type ${quote(type)}; expected one of ${SERVER_FRAME_TYPES.join(', ')}`;
+    // The types FRAMES checks, listed from it (core's SERVER_FRAME_TYPES, as a test checks).
+    message = `Unknown server frame type ${quote(type)}; expected one of ${[...FRAMES.keys()].join(', ')}`;
   } else if (
     type === 'hello' &&
     Number.isSafeInteger(value.protocol) &&
     (value.protocol as number) >= 1 &&
-    !isProtocolVersion(value.protocol)
+    !(PROTOCOL_VERSIONS as readonly unknown[]).includes(value.protocol)
   ) {
     code = ErrorCode.UnsupportedProtocol;
     // The versions written out, and shorter than core's wording: bytes (a test ties them to PROTOCOL_VERSIONS).

@@ -22,7 +22,7 @@ export const describeSocketError: typeof Node.describeSocketError = (event) => {
 export const headersProblem: typeof Node.headersProblem = () => undefined;
 
 /** Text only: a browser hands a binary frame over as a `Blob`, which no decoder reads. @internal */
-export const decodeSocketData: typeof Node.decodeSocketData = (data) => decodeServerText(data);
+export const decodeSocketData: typeof Node.decodeSocketData = decodeServerText;
 
 /** A page cannot batch a WebSocket's writes: each send is its own. @internal */
 export const batchSends: typeof Node.batchSends = (_socket, run) => run();

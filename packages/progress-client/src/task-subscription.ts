@@ -61,10 +61,11 @@ export type StuckAction = 'resync' | 'reconnect' | 'http';
 
 /** @internal */
 export class TaskSubscription {
-  readonly taskId: string;
+  // `declare`: the constructor sets them; without it, the bundle defines each as a field first too.
+  declare readonly taskId: string;
   /** The state and handles the application sees. */
-  readonly task: WatchedTask;
-  readonly cursor: WatchCursor;
+  declare readonly task: WatchedTask;
+  declare readonly cursor: WatchCursor;
   readonly #clock: Clock;
   readonly #watchdog: FinishWatchdog;
   readonly #watchdogTimer: Timeout;
@@ -214,22 +215,15 @@ export class TaskSubscription {
   }
 
   /**
-   * Frames already in flight when a resync went out arrive with the same gap: one resync per gap, unless
-   * its answer is overdue (lost too).
-   */
-  #needsResync(result: ApplyResult, graceMs: number): boolean {
-    return result.gap && !(this.#resyncFrom === result.resyncFrom && !this.#subscribeOlderThan(graceMs));
-  }
-
-  /**
-   * Applies the gap rule of {@link #needsResync} to `result`: resync now, or, when the gap waits for the
-   * answer of a recent subscribe, once that answer is overdue if the gap is still there. Waiting for the
-   * next gapped frame instead left the watch stuck until the server's next terminal re-send (700 ms,
+   * A gap in `result`: resync now, unless a resync from the same seq went out less than `graceMs` ago
+   * (frames already in flight when it went out arrive with the same gap: one resync per gap, unless its
+   * answer is overdue, lost too); then once that answer is overdue, if the gap is still there. Waiting for
+   * the next gapped frame instead left the watch stuck until the server's next terminal re-send (700 ms,
    * then 1.5 s after the first send) or the next heartbeat.
    */
   onGap(result: ApplyResult, graceMs: number): void {
     if (!result.gap) return;
-    if (this.#needsResync(result, graceMs)) {
+    if (this.#resyncFrom !== result.resyncFrom || this.#subscribeOlderThan(graceMs)) {
       this.#host.resync(this);
       return;
     }

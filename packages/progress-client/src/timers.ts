@@ -49,11 +49,6 @@ export class TimerSet {
     this.#api = api;
   }
 
-  /** Number of timers started and neither fired nor cancelled. */
-  get size(): number {
-    return this.#live.size;
-  }
-
   /**
    * Starts a one-shot timer; returns its cancel function. A delay longer than `setTimeout` can hold
    * (2^31 - 1 ms, about 24.8 days: a longer one fires at once) is waited out in steps.

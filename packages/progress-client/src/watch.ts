@@ -147,8 +147,6 @@ export interface WatchSource {
   readonly state: WatchState;
   /** The client's timers (cleared when it closes), for the deadlines of `watch.done({ timeoutMs })`. */
   readonly timers: TimerSet;
-  /** The error a handle closed before the end rejects with. */
-  closedError(): ProgressError;
 }
 
 /**
@@ -288,7 +286,11 @@ export class Watch extends SafeEmitter<WatchEvents> {
     if (this.#closed) return;
     // A task that already ended resolves `done` with its end, even when `done` is not settled yet: the
     // handle is closed from its own `finished` (or terminal) listener, which runs before `done` settles.
-    this.end(this.#task.state.finished ? undefined : this.#task.closedError());
+    this.end(
+      this.#task.state.finished
+        ? undefined
+        : new ProgressError(ErrorCode.Closed, 'The watch was closed', { taskId: this.taskId }),
+    );
     this.#release(this);
   }
 

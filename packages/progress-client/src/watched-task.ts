@@ -1,8 +1,7 @@
 import {
-  ErrorCode,
   type ItemEvent,
   isTerminalEvent,
-  ProgressError,
+  type ProgressError,
   type ProgressEvent,
   type TerminalEvent,
   type WatchView,
@@ -28,10 +27,11 @@ import type { Watch, WatchSource, WatchState } from './watch.js';
  * @internal
  */
 export class WatchedTask implements WatchSource {
-  readonly taskId: string;
+  // `declare`: the constructor sets them; without it, the bundle defines each as a field first too.
+  declare readonly taskId: string;
   readonly handles = new Set<Watch>();
   /** The client's timers (cleared when it closes), for the deadlines of `watch.done({ timeoutMs })`. */
-  readonly timers: TimerSet;
+  declare readonly timers: TimerSet;
   #state: WatchState;
   readonly #rate: RateEstimator;
   #terminal: TerminalEvent | undefined;
@@ -53,11 +53,6 @@ export class WatchedTask implements WatchSource {
   restore(delivered: readonly Delivery[], view: WatchView): void {
     for (const delivery of delivered) this.#sample(delivery);
     this.#state = this.#buildState(view, null);
-  }
-
-  /** The error a handle closed before the end rejects with. */
-  closedError(): ProgressError {
-    return new ProgressError(ErrorCode.Closed, 'The watch was closed', { taskId: this.taskId });
   }
 
   /** Adds a handle, owing it the state so far (and the terminal event if the task already ended). */

@@ -139,28 +139,23 @@ export const EMPTY_PROGRESS: Readonly<ProgressState> = Object.freeze({
  * {@link terminalFields}: a cancellation's message becomes its reason).
  */
 export function terminalEventOfView(view: WatchView): TerminalEvent {
-  const taskId = view.taskId;
-  const seq = view.seq;
-  const time = view.finishedAt ?? view.updatedAt ?? 0;
-  const progress = view.progress ?? { ...EMPTY_PROGRESS };
+  const base = {
+    taskId: view.taskId,
+    seq: view.seq,
+    time: view.finishedAt ?? view.updatedAt ?? 0,
+    progress: view.progress ?? { ...EMPTY_PROGRESS },
+  };
   const message = view.error?.message;
   switch (view.status) {
     case 'failed':
-      return {
-        taskId,
-        seq,
-        time,
-        progress,
-        type: 'failed',
-        error: view.error ?? { code: 'failed', message: 'failed' },
-      };
+      return { ...base, type: 'failed', error: view.error ?? { code: 'failed', message: 'failed' } };
     case 'cancelled':
-      return { taskId, seq, time, progress, type: 'cancelled', reason: message ?? null };
+      return { ...base, type: 'cancelled', reason: message ?? null };
     case 'interrupted':
-      return { taskId, seq, time, progress, type: 'interrupted', reason: message ?? 'interrupted' };
+      return { ...base, type: 'interrupted', reason: message ?? 'interrupted' };
     case 'completed':
     case 'running':
-      return { taskId, seq, time, progress, type: 'completed', result: view.result };
+      return { ...base, type: 'completed', result: view.result };
     default:
       return exhaustive(view.status);
   }

@@ -68,10 +68,9 @@ export interface WatchdogView {
 export class FinishWatchdog {
   readonly #clock: Clock;
   readonly #stuckAfterMs: number;
-  /** When all items became finished, or `undefined` while disarmed. */
-  #anchor: number | undefined;
-  /** How many steps fired since the anchor: 0 none, 1 resync, 2 reconnect, 3+ http. */
+  /** How many steps fired since all items became finished: 0 none, 1 resync, 2 reconnect, 3+ http. */
   #steps = 0;
+  /** When the next step is due (clock ms), or `undefined` while disarmed. */
   #nextAt: number | undefined;
 
   /**
@@ -100,16 +99,13 @@ export class FinishWatchdog {
       this.reset();
       return;
     }
-    if (this.#anchor !== undefined) return;
-    const now = this.#clock();
-    this.#anchor = now;
-    this.#steps = 0;
-    this.#nextAt = now + this.#stuckAfterMs;
+    // Unless armed already: the timeline runs from when all items became finished (disarmed, `#steps` is 0).
+    this.#nextAt ??= this.#clock() + this.#stuckAfterMs;
   }
 
   /** The escalation step due now, if any; each step is returned once. */
   check(): WatchdogAction {
-    if (this.#anchor === undefined || this.#nextAt === undefined) return 'none';
+    if (this.#nextAt === undefined) return 'none';
     const now = this.#clock();
     if (now < this.#nextAt) return 'none';
     this.#steps += 1;
@@ -126,7 +122,6 @@ export class FinishWatchdog {
 
   /** Disarms; the next {@link observe} at 100% starts a new timeline. */
   reset(): void {
-    this.#anchor = undefined;
     this.#steps = 0;
     this.#nextAt = undefined;
   }
