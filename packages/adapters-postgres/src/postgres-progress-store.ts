@@ -168,7 +168,7 @@ export class PostgresProgressStore implements ProgressStore {
   readonly #appends: AppendPipeline;
   readonly #acks: StatementBatcher<AckCall, number>;
   readonly #renewals: StatementBatcher<LeaseCall, Task>;
-  /** Where appends, acks and renewals take their connection (see `connection-gate.ts`). */
+  /** Where every call takes its connection (see `connection-gate.ts`), and so `close()` stops those still waiting. */
   readonly #gate = new ConnectionGate();
   /** Acks and renewals waiting to be asked again (see `#later`), by timer: `close()` ends them at once. */
   readonly #retries = new Map<ReturnType<typeof setTimeout>, { reject(error: unknown): void }>();
@@ -280,7 +280,7 @@ export class PostgresProgressStore implements ProgressStore {
     const reads = this.#reads;
     // Reads lock nothing: a few batches at once, so one slow read does not hold up the next ticks' subscribes.
     this.#taskReads = new StatementBatcher(
-      (batch) => readTasks(this.#db, reads, batch, this.#isClosed),
+      (batch) => readTasks(this.#gate, this.#db, reads, batch, this.#isClosed),
       options.maxBatchSize,
       TASK_READS_IN_FLIGHT,
     );
@@ -329,7 +329,7 @@ export class PostgresProgressStore implements ProgressStore {
     // read at every (re)connect, keep it current from here (that read usually set it already).
     // Not overwritten: a renewal heard during the read is newer than what the read saw.
     // A failed read leaves it to the first renewal to read it.
-    const read = await this.#query('getEpoch', undefined, selectEpoch(this.#meta)).catch(() => undefined);
+    const read = await this.#read('getEpoch', selectEpoch(this.#meta)).catch(() => undefined);
     this.#hub.knownEpoch ??= read?.rows[0]?.value;
     this.#poll.start();
   }
@@ -399,7 +399,7 @@ export class PostgresProgressStore implements ProgressStore {
 
   async getEpoch(): Promise<string> {
     this.#assertOpen();
-    const { rows } = await this.#query('getEpoch', undefined, selectEpoch(this.#meta));
+    const { rows } = await this.#read('getEpoch', selectEpoch(this.#meta));
     const row = rows[0];
     // Migration 0002 inserts the row; a schema without it was altered by hand.
     if (row === undefined) throw new ProgressError(ErrorCode.Internal, 'The store has no epoch row');
@@ -492,7 +492,10 @@ export class PostgresProgressStore implements ProgressStore {
     for (let read = parsed.limit; ; ) {
       const statement = listTasks(this.#target, { ...parsed, limit: read });
       const { rows } = await this.#run('listTasks', undefined, () =>
-        readOnLiveConnection(() => runStatement(this.#db, statement), this.#isClosed),
+        readOnLiveConnection(
+          () => this.#gate.read(this.#db, (db) => runStatement(db, statement)),
+          this.#isClosed,
+        ),
       );
       tasks = [];
       for (const row of rows) {
@@ -556,7 +559,10 @@ export class PostgresProgressStore implements ProgressStore {
     const read = { taskId, afterSeq, limit: parseReadLimit(limit) };
     // One statement: the task's existence and its events, from the same snapshot.
     const { rows } = await this.#run('readEvents', taskId, () =>
-      readOnLiveConnection(() => this.#reads.events.run(this.#db, read), this.#isClosed),
+      readOnLiveConnection(
+        () => this.#gate.read(this.#db, (db) => this.#reads.events.run(db, read)),
+        this.#isClosed,
+      ),
     );
     if (rows.length === 0) throw taskNotFound(taskId);
     const events: TaskEvent[] = [];
@@ -620,7 +626,7 @@ export class PostgresProgressStore implements ProgressStore {
     const run = parseRunFence(options);
     const outcome = await this.#run('releaseLease', taskId, async () => {
       try {
-        return await releaseLease(this.#db, this.#target, taskId, owner, run);
+        return await this.#gate.run(this.#db, (db) => releaseLease(db, this.#target, taskId, owner, run));
       } catch (error) {
         if (!(isDatabaseError(error) && error.code === LOCK_NOT_AVAILABLE)) throw error;
         throw new ProgressError(
@@ -641,7 +647,9 @@ export class PostgresProgressStore implements ProgressStore {
     const leaseClock = this.#options.leaseClock;
     const expiredBy = leaseClock === DATABASE_CLOCK ? DATABASE_CLOCK : now;
     const { results, changes, damaged } = await this.#run('reapExpiredLeases', undefined, () =>
-      reapExpiredLeases(this.#db, this.#target, this.#appendStatements, { limit, expiredBy, now }),
+      this.#gate.run(this.#db, (db) =>
+        reapExpiredLeases(db, this.#target, this.#appendStatements, { limit, expiredBy, now }),
+      ),
     );
     this.#appends.committedElsewhere(changes);
     // Once each: their lease is gone, so no later pass finds them (see reapExpiredLeases).
@@ -686,15 +694,19 @@ export class PostgresProgressStore implements ProgressStore {
   }
 
   /**
-   * Waits for the appends already accepted, then stops the poll and the `LISTEN` connection. Reads are not
-   * waited for: a `getTask` out settles when the database answers, a poll's answer is dropped. Never ends
-   * the caller's pool or Kysely instance. Later calls reject with `closed`; calling it twice is harmless.
+   * Waits for the appends already accepted and the other writes called before it (`createTask`,
+   * `releaseLease`, `reapExpiredLeases`, `purgeFinished`, `renewEpoch`), then stops the poll and the
+   * `LISTEN` connection. Reads are not waited for: a `getTask` out settles when the database answers, a
+   * poll's answer is dropped. Any call still waiting for a connection when it returns (with `db`, of a pool
+   * the caller holds every connection of) rejects with `closed`, nothing sent. Never ends the caller's pool
+   * or Kysely instance. Later calls reject with `closed`; calling it twice is harmless.
    *
    * An append, ack or lease renewal whose task row another transaction holds (another program's, or a
    * replica frozen before its COMMIT) is not waited for: it rejects with `closed`, after at most the
    * 500 ms lock wait of a transaction already in flight for it, so that such a transaction, held for
-   * however long, never holds `close()`. Past `closeTimeoutMs` (a database that stopped answering), the
-   * appends not sent yet reject with `closed` too, nothing of them written.
+   * however long, never holds `close()`. Past `closeTimeoutMs` (a database that stopped answering, or a
+   * pool with no connection to give), the appends not sent yet and the calls still waiting for a connection
+   * reject with `closed` too, nothing of them written.
    */
   close(): Promise<void> {
     this.#closing ??= (async () => {
@@ -712,9 +724,13 @@ export class PostgresProgressStore implements ProgressStore {
       // Task reads not sent yet reject; those out are not waited for (they settle when the database answers):
       // awaited, one on a database host that stopped answering held close() until TCP gave up.
       void this.#taskReads.close();
-      const written = Promise.all([this.#acks.close(), this.#renewals.close()]).then(() =>
-        this.#appends.whenIdle(),
-      );
+      // The other writes called before close() (createTask, releaseLease, the reaper, purges, renewEpoch) are
+      // waited for as the appends are: not waited for, one committed after close() had returned.
+      const written = Promise.all([
+        this.#acks.close(),
+        this.#renewals.close(),
+        this.#gate.writesSettled(),
+      ]).then(() => this.#appends.whenIdle());
       if (!(await settlesWithin(written, this.#options.closeTimeoutMs))) {
         // The database has not answered statements sent before close() (see closeTimeoutMs): their
         // connections go, which fails them at once; the pipeline and the batchers do not retry once closed,
@@ -729,6 +745,9 @@ export class PostgresProgressStore implements ProgressStore {
           await settlesWithin(written, this.#options.closeTimeoutMs);
         }
       }
+      // Every call still waiting for a connection rejects with `closed` (reads too, called before close()),
+      // nothing sent: with `db` the caller's pool may free one long after close() returned.
+      this.#gate.shut();
       this.#poll.stop();
       await this.#listener.close();
     })();
@@ -757,14 +776,22 @@ export class PostgresProgressStore implements ProgressStore {
    * meanwhile, a purge of a task acked meanwhile, two renewals of the epoch at once.
    */
   #query<R>(what: string, taskId: string | undefined, query: RawBuilder<R>): Promise<QueryResult<R>> {
-    return this.#run(what, taskId, () => runStatement(this.#db, query));
+    return this.#run(what, taskId, () => this.#gate.run(this.#db, (db) => runStatement(db, query)));
+  }
+
+  /** Runs `query`, a statement that writes nothing, as {@link #query} does, not waited for by `close()`. */
+  #read<R>(what: string, query: RawBuilder<R>): Promise<QueryResult<R>> {
+    return this.#run(what, undefined, () => this.#gate.read(this.#db, (db) => runStatement(db, query)));
   }
 
   async #readLatest(taskIds: readonly string[]): Promise<Map<string, LatestState>> {
     const latest = new Map<string, LatestState>();
     if (taskIds.length === 0) return latest;
     const { rows } = await this.#run('latestSeqs', undefined, () =>
-      readOnLiveConnection(() => this.#reads.latest.run(this.#db, { taskIds: [...taskIds] }), this.#isClosed),
+      readOnLiveConnection(
+        () => this.#gate.read(this.#db, (db) => this.#reads.latest.run(db, { taskIds: [...taskIds] })),
+        this.#isClosed,
+      ),
     );
     for (const row of rows) {
       // A row damaged by hand (an int8 above 2^53 came back rounded) is left out, as listTasks does: its

@@ -129,17 +129,18 @@ export interface PostgresProgressStoreOptions {
    */
   listenConnectTimeoutMs?: number | undefined;
   /**
-   * How long `close()` waits for the appends, acks and lease renewals already sent to the database, in
-   * milliseconds. A database that stopped answering (its host frozen, a network that drops every packet)
-   * never answers them, and `close()`, with a server's graceful shutdown, waited until TCP gave up (about
-   * 15 minutes on Linux; for ever with a frozen process, whose kernel still acknowledges). Past it the
-   * sockets of the pool clients the store holds are destroyed: their statements fail (`store_unavailable`;
-   * an append among them may or may not have been committed), and the pool discards those clients; appends
-   * not sent yet (queued behind those, or waiting for a new connection to that database) reject with `closed`,
-   * nothing of them written. No other client of the
-   * pool is touched. With `db` (a Kysely instance) the store cannot reach its
-   * connections: `close()` stops waiting, and those statements settle when the database answers; appends,
-   * acks and renewals still waiting for a connection of its pool reject with `closed`, nothing of them written.
+   * How long `close()` waits for the appends, acks and lease renewals already sent to the database, and
+   * the other writes called before it (`createTask`, `releaseLease`, the reaper, purges), in milliseconds.
+   * A database that stopped answering (its host frozen, a network that drops every packet) never answers
+   * them, and `close()`, with a server's graceful shutdown, waited until TCP gave up (about 15 minutes on
+   * Linux; for ever with a frozen process, whose kernel still acknowledges). Past it the sockets of the pool
+   * clients the store holds are destroyed: their statements fail (`store_unavailable`; an append among them
+   * may or may not have been committed), and the pool discards those clients; appends not sent yet (queued
+   * behind those) and every call waiting for a new connection to that database reject with `closed`,
+   * nothing of them written. No other client of the pool is touched. With `db` (a Kysely instance) the
+   * store cannot reach its connections: `close()` stops waiting, and those statements settle when the
+   * database answers; every call still waiting for a connection of its pool (reads too) rejects with
+   * `closed`, nothing of it written.
    * @default 5000
    */
   closeTimeoutMs?: number | undefined;

@@ -1,6 +1,7 @@
 import type { Task } from '@finishline/core';
 import { type Kysely, type RawBuilder, sql } from 'kysely';
 import type { AppendTarget } from './append-pipeline.js';
+import type { ConnectionGate } from './connection-gate.js';
 import { DATABASE_CLOCK, databaseNow } from './lease-statements.js';
 import { readOnLiveConnection, toProgressError } from './pg-errors.js';
 import { PreparedStatement, param } from './prepared-statement.js';
@@ -275,9 +276,10 @@ export function purgeFinished(
 /**
  * Reads the tasks of a batch of `getTask` calls (gathered by a `StatementBatcher`: the subscribes of one
  * I/O phase, often many watchers of one task) in one statement, and settles each call with its own copy
- * (a caller owns the task it gets). Never rejects.
+ * (a caller owns the task it gets), on a connection taken through `gate`. Never rejects.
  */
 export async function readTasks(
+  gate: ConnectionGate,
   db: Kysely<ProgressDatabase>,
   reads: TaskReads,
   batch: BatchedCall<string, Task | undefined>[],
@@ -286,7 +288,10 @@ export async function readTasks(
   const taskIds = [...new Set(batch.map((call) => call.input))];
   let rows: TaskRow[];
   try {
-    ({ rows } = await readOnLiveConnection(() => reads.tasks.run(db, { taskIds }), closed));
+    ({ rows } = await readOnLiveConnection(
+      () => gate.read(db, (connection) => reads.tasks.run(connection, { taskIds })),
+      closed,
+    ));
   } catch (error) {
     for (const call of batch) call.reject(toProgressError(error, 'getTask', call.input));
     return;
