@@ -81,12 +81,12 @@ type RenewalOutcome = Task | ProgressError | typeof SKIPPED;
  * each (at x10 in `npm run bench`, more than half of the statements of the replica running the tasks).
  * The clock is read once the rows are locked.
  *
- * A store renews one batch at a time, so a batch waiting for a row another transaction holds (an append of
- * a replica frozen before its COMMIT) held back the renewal of every other lease of the store, whose tasks
- * were then reaped while they ran. So a first transaction skips the rows others hold (`SKIP LOCKED`) and
- * renews the rest; a second one waits for the skipped rows at most {@link RENEWAL_LOCK_WAIT_MS} (a busy
- * task's row, which appends hold most of the time, is had that way, where skipping alone could miss it
- * again and again); the renewals of rows still held then go to `locked`, to be asked again later. Settles
+ * A store writes few renewal batches at a time (two), so a batch waiting for a row another transaction
+ * holds (an append of a replica frozen before its COMMIT) held back the renewal of every other lease of the
+ * store, whose tasks were then reaped while they ran. So a first transaction skips the rows others hold
+ * (`SKIP LOCKED`) and renews the rest; a second one waits for the skipped rows at most
+ * {@link RENEWAL_LOCK_WAIT_MS} (a busy task's row, which appends hold most of the time, is had that way,
+ * where skipping alone could miss it again and again); the renewals of rows still held then go to `locked`, to be asked again later. Settles
  * every other call; never rejects.
  */
 export async function renewLeases(

@@ -105,6 +105,15 @@ export interface PostgresStoreStats extends AppendStats {
  */
 const TASK_READS_IN_FLIGHT = 4;
 
+/**
+ * Renewal batches in flight at once. Two, so that a renewal whose query hangs (a connection that died
+ * without the driver noticing) does not hold back the one the lease keeper sends beside it half an interval
+ * later: one at a time, the new one queued behind it and every lease of the replica expired while its
+ * workers ran. Two batches do not deadlock (each locks its rows in id order), and the second skips the rows
+ * the first holds, then waits for them a bounded time (see `renewLeases`).
+ */
+const RENEWALS_IN_FLIGHT = 2;
+
 /** Proves a construction came from {@link PostgresProgressStore.open}. */
 /** The most damaged rows a store remembers having reported from `listTasks` (then it forgets them all). */
 const REPORTED_ROWS_MAX = 1000;
@@ -300,6 +309,7 @@ export class PostgresProgressStore implements ProgressStore {
           ),
         ),
       options.maxBatchSize,
+      RENEWALS_IN_FLIGHT,
     );
   }
 
