@@ -402,6 +402,16 @@ export interface ProgressServerOptions<P extends Principal = Principal> {
    */
   maxQueuedFrames?: number | undefined;
   /**
+   * Most bytes of event frames queued for one socket while its buffer is above `highWaterMarkBytes`
+   * (their JSON text; a coalesced progress run and a snapshot count nothing). `maxQueuedFrames` counts
+   * entries, and an `item` or a terminal event carries up to 16 KiB: a socket that stopped reading, following
+   * five tasks each with a replay of 1,000 such items to catch up, held its own copies of them all, 75 MB,
+   * until the liveness check noticed, and a principal's 100 sockets as many. Past this bound the socket
+   * is terminated, as past `maxQueuedFrames`. The default holds one `maxReplayEvents` replay of 16 KiB items.
+   * @default 16777216 (16 MiB)
+   */
+  maxQueuedBytes?: number | undefined;
+  /**
    * How often a congested socket's `bufferedAmount` is checked, in milliseconds.
    * @default 10
    */
@@ -584,6 +594,7 @@ const SERVER_OPTIONS = {
   highWaterMarkBytes: integer(1024 * 1024, 0),
   backpressurePollMs: integer(10, 1, MAX_TIMER_MS),
   maxQueuedFrames: integer(10_000, 1),
+  maxQueuedBytes: integer(16 * 1024 * 1024, 1),
   terminalRetry: TERMINAL_RETRY_OPTION,
   leaseTtlMs: integer(15_000, 3, 86_400_000),
   // No fixed default: it follows leaseTtlMs (a third of it), computed in resolveServerOptions.

@@ -309,6 +309,53 @@ describe('SendQueue', () => {
     expect(out.slice(1)).toEqual(Array.from({ length: 90 }, (_, i) => `long${i + 11}`));
   });
 
+  // A socket bounds what its queue weighs (server `maxQueuedBytes`): a leak in the count would end a
+  // socket that holds nothing, a miss would let one hold without bound.
+  it('bytes is what the queued events weigh: never negative, 0 once the queue is empty', () => {
+    const commandArb = fc.oneof(
+      fc.record({ kind: fc.constant('next' as const), task: fc.nat(1) }),
+      fc.record({ kind: fc.constant('snapshot' as const), task: fc.nat(1), pick: fc.nat() }),
+      fc.record({ kind: fc.constant('shift' as const), congested: fc.boolean() }),
+      fc.record({ kind: fc.constant('untrack' as const), task: fc.nat(1) }),
+    );
+    const scenarioArb = fc.record({
+      logs: fc.tuple(taskLogArb('t0', 12), taskLogArb('t1', 12)),
+      tracked: fc.tuple(fc.boolean(), fc.boolean()),
+      commands: fc.array(commandArb, { maxLength: 80, size: 'max' }),
+    });
+    fc.assert(
+      fc.property(scenarioArb, ({ logs, tracked, commands }) => {
+        const queue = new SendQueue({ maxProgressRun: 2 }, (event) => 1000 + event.seq);
+        logs.forEach((log, i) => {
+          if (tracked[i]) queue.track(meta(log));
+        });
+        const next = [1, 1];
+        let pushed = 0;
+        for (const command of commands) {
+          const log = logs[command.kind === 'shift' ? 0 : command.task] as TaskLog;
+          if (command.kind === 'shift') queue.shift(command.congested);
+          else if (command.kind === 'untrack') queue.untrack(log.taskId);
+          else if (command.kind === 'snapshot') {
+            queue.pushSnapshot(viewAt(log, command.pick % (log.events.length + 1)));
+          } else {
+            const seq = next[command.task] as number;
+            if (seq <= log.events.length) {
+              const event = ev(log, seq);
+              if (queue.pushEvent(event)) pushed += 1000 + event.seq;
+              next[command.task] = seq + 1;
+            }
+          }
+          expect(queue.bytes).toBeGreaterThanOrEqual(0);
+          expect(queue.bytes).toBeLessThanOrEqual(pushed);
+          if (queue.size === 0) expect(queue.bytes).toBe(0);
+        }
+        drain(queue, true);
+        expect(queue.bytes).toBe(0);
+      }),
+      propertyParams(300),
+    );
+  });
+
   it('passEvent on an empty queue does what pushEvent then shift do, and later entries see no difference', () => {
     // Two queues fed the same commands; `direct` hands each event that meets it empty to passEvent.
     const commandArb = fc.oneof(

@@ -63,6 +63,8 @@ interface TaskQueue {
   lastEmittedSeq: number;
   /** Number of queued entries per {@link Priority}, so a task's highest priority is O(1). */
   counts: [number, number, number, number];
+  /** What its queued events weigh (see {@link SendQueue.bytes}). */
+  bytes: number;
 }
 
 /**
@@ -105,17 +107,31 @@ interface TaskQueue {
  */
 export class SendQueue {
   readonly #maxProgressRun: number;
+  readonly #weigh: (event: TaskEvent) => number;
   readonly #tasks = new Map<string, TaskQueue>();
   #size = 0;
+  #bytes = 0;
   /** Arrival counter, for the tie-break between tasks of equal priority. */
   #order = 0;
 
   /**
    * @param options - merged over {@link SEND_QUEUE_DEFAULTS} and validated here.
+   * @param weigh - what a queued event weighs, summed in {@link bytes} (a server passes its frame's length).
    * @throws ProgressError `invalid_input` for invalid options.
    */
-  constructor(options?: SendQueueOptions) {
+  constructor(options?: SendQueueOptions, weigh: (event: TaskEvent) => number = () => 0) {
     this.#maxProgressRun = resolveOptions('SendQueue', SEND_QUEUE_OPTIONS, options).maxProgressRun;
+    this.#weigh = weigh;
+  }
+
+  /**
+   * What the queued events weigh together, by the constructor's `weigh` (0 without one). Counted for each
+   * event queued as itself; a progress run collapsed at push time and a snapshot weigh nothing (one run
+   * per run of a task's progress, one snapshot per task at most). A socket bounds it: the entries are
+   * counted in {@link size}, but one `item` may carry 16 KiB.
+   */
+  get bytes(): number {
+    return this.#bytes;
   }
 
   /** Number of queued entries (a collapsed progress run counts as one). */
@@ -134,6 +150,7 @@ export class SendQueue {
     const queue = this.#tasks.get(taskId);
     if (queue === undefined) return;
     this.#size -= queue.entries.length;
+    this.#bytes -= queue.bytes;
     this.#tasks.delete(taskId);
   }
 
@@ -234,6 +251,7 @@ export class SendQueue {
   clear(): void {
     this.#tasks.clear();
     this.#size = 0;
+    this.#bytes = 0;
   }
 
   #queueOf(taskId: string): TaskQueue {
@@ -245,6 +263,7 @@ export class SendQueue {
         lastPushedSeq: 0,
         lastEmittedSeq: -1,
         counts: [0, 0, 0, 0],
+        bytes: 0,
       };
       this.#tasks.set(taskId, queue);
     }
@@ -255,6 +274,15 @@ export class SendQueue {
     queue.entries.push(entry);
     queue.counts[priorityOfEntry(entry)] += 1;
     this.#size += 1;
+    this.#addBytes(queue, entry, 1);
+  }
+
+  /** Adds (`sign` 1) or takes off (-1) what `entry` weighs: an event queued as itself, nothing else. */
+  #addBytes(queue: TaskQueue, entry: QueuedEntry, sign: 1 | -1): void {
+    if (entry.kind !== 'event') return;
+    const bytes = sign * this.#weigh(entry.event);
+    queue.bytes += bytes;
+    this.#bytes += bytes;
   }
 
   #removeHead(queue: TaskQueue): QueuedEntry {
@@ -262,6 +290,7 @@ export class SendQueue {
     if (head === undefined) throw new RangeError('SendQueue: removeHead on an empty task queue');
     queue.counts[priorityOfEntry(head)] -= 1;
     this.#size -= 1;
+    this.#addBytes(queue, head, -1);
     return head;
   }
 
@@ -291,6 +320,7 @@ export class SendQueue {
       first = entries.pop();
       queue.counts[Priority.progress] -= 1;
       this.#size -= 1;
+      if (first !== undefined) this.#addBytes(queue, first, -1);
     }
     if (first?.kind !== 'event') throw new RangeError('SendQueue: progress run bookkeeping is inconsistent');
     this.#append(queue, {

@@ -46,7 +46,7 @@ import { stallTimer } from './stall-timer.js';
  * it by), until 'drain'; then a new hub stream reads on from the cursor what was committed meanwhile,
  * page by page however far behind, from memory while the hub still holds it. It never skips a seq, and
  * holds no events of its own beyond the rest of the page it was writing when the buffer filled (events
- * already read, at most `maxReplayEvents`): 'drain' writes those before anything is read again. Read
+ * already read, cut to `MAX_HELD_BYTES` of frame text): 'drain' writes those before anything is read again. Read
  * again from the cursor instead, each 'drain' (one socket buffer, some 16 KiB: four 4 KB frames) cost a
  * page read: a reader catching up 5,880 such frames cost 1,570 reads of 1,000 events, and, slowed to
  * some 600 frames a second by them on a loaded machine, was still behind after 10 s. One that waits
@@ -64,6 +64,14 @@ import { stallTimer } from './stall-timer.js';
 
 /** The longest delay `setTimeout` takes (a longer one fires at once). */
 const MAX_TIMER_MS = 2_147_483_647;
+
+/**
+ * Most frame text of a page a stream holds for its reader while the buffer is full (see `heldRest`). The
+ * whole rest of a page was held until 7 December 2026: up to `maxReplayEvents` events read for this stream
+ * alone, some 20 MB of a page of 16 KiB items, so 100 stalled streams of one principal pinned 2 GB for
+ * `sseStallTimeoutMs`. A drain takes some 16 KiB: the stream still reads a page per 64 drains, not one each.
+ */
+const MAX_HELD_BYTES = 1024 * 1024;
 
 /** An open stream, as the server sees it. @internal */
 export interface OpenStream {
@@ -269,7 +277,8 @@ export function streamTask(
   let draining = false;
   /**
    * The rest of the page of events the full buffer refused (`events[from]` on): written at 'drain' before
-   * a new hub stream reads on from the cursor. Never more than one page the hub stream already read.
+   * a new hub stream reads on from the cursor. At most `MAX_HELD_BYTES` of a page the hub stream already
+   * read: the events after them are read again from the cursor.
    */
   let held: { readonly events: readonly TaskEvent[]; readonly from: number } | undefined;
   /** Destroys the stream if 'drain' does not come in time; set while `draining`. */
@@ -446,10 +455,25 @@ export function streamTask(
         return;
       }
       if (draining) {
-        if (index + 1 < events.length) held = { events, from: index + 1 };
+        if (index + 1 < events.length) held = heldRest(events, index + 1);
         return;
       }
     }
+  };
+
+  /**
+   * The rest of a page from `from` on, cut to {@link MAX_HELD_BYTES} of frame text: what is cut is read
+   * again from the cursor at 'drain' (a new hub stream reads on from the last seq written). A copy, so
+   * the page's events already written, and their cached frame texts, are not kept with it.
+   */
+  const heldRest = (events: readonly TaskEvent[], from: number) => {
+    let end = from;
+    let bytes = 0;
+    while (end < events.length && bytes < MAX_HELD_BYTES) {
+      bytes += eventFrameText(events[end] as TaskEvent).length;
+      end++;
+    }
+    return { events: events.slice(from, end), from: 0 };
   };
 
   /** What the hub stream `own()` hands over, taken only while it is the current one. */

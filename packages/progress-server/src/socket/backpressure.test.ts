@@ -138,6 +138,23 @@ describe('backpressure', () => {
     expect(seqOf(snapshot)).toBe(60);
   });
 
+  // Found by measurement (7 December 2026): maxQueuedFrames counts entries, and an item carries up to
+  // 16 KiB, so a socket that stopped reading held 10,000 of them (copies of its own when a catch-up read
+  // them from the store): 75 MB for a socket following five tasks, until the liveness check noticed.
+  it('terminates a socket whose queued frames outweigh maxQueuedBytes, well before maxQueuedFrames', async () => {
+    const { server, url, congested } = await congestibleServer();
+    const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    client = await RawClient.connect(url, { user: 'alice' });
+    client.send({ type: 'subscribe', taskId: task.id, afterSeq: 0 });
+    await client.next((frame) => frame.type === 'snapshot');
+    congested.on = true;
+    // 1,100 items of 16,000 bytes: 17.6 MB queued, past the default 16 MiB, in 1,100 of 10,000 entries.
+    const detail = 'x'.repeat(16_000);
+    for (let item = 1; item <= 1100; item++) await task.item({ key: `node-${item}`, ok: true, detail });
+    const closed = await Promise.race([client.closed, sleep(5000).then(() => ({ code: 'still open' }))]);
+    expect(closed.code).toBe(1006);
+  });
+
   it('sends everything as events when the socket keeps up', async () => {
     env = await startServer();
     const task = await env.server.tasks.create({ owner: 'alice', kind: 'k' });

@@ -124,7 +124,11 @@ export class Connection<P extends Principal> {
         // No close frame: it would wait behind the backlog the peer is not reading. The client reconnects
         // and resumes from its cursor, as after the liveness check's termination.
         this.#ctx.logger.info(
-          { connection: this.id, maxQueuedFrames: this.#options.maxQueuedFrames },
+          {
+            connection: this.id,
+            maxQueuedFrames: this.#options.maxQueuedFrames,
+            maxQueuedBytes: this.#options.maxQueuedBytes,
+          },
           'send queue over maxQueuedFrames (client reads too slowly); terminating socket',
         );
         this.#ws.terminate();

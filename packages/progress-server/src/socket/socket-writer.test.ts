@@ -35,6 +35,7 @@ function writerOver(highWaterMarkBytes: number, maxQueuedFrames = 10_000) {
       highWaterMarkBytes,
       backpressurePollMs: 10,
       maxQueuedFrames,
+      maxQueuedBytes: 16 * 1024 * 1024,
     },
     metrics,
     logger: silentLogger,

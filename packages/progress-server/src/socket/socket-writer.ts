@@ -55,7 +55,12 @@ export interface WriterContext {
   readonly transport?: Duplex | undefined;
   readonly options: Pick<
     ResolvedServerOptions<never>,
-    'clock' | 'terminalRetry' | 'highWaterMarkBytes' | 'backpressurePollMs' | 'maxQueuedFrames'
+    | 'clock'
+    | 'terminalRetry'
+    | 'highWaterMarkBytes'
+    | 'backpressurePollMs'
+    | 'maxQueuedFrames'
+    | 'maxQueuedBytes'
   >;
   readonly metrics: ServerMetrics;
   readonly logger: ProgressLogger;
@@ -72,7 +77,7 @@ export interface WriterContext {
   guard(fn: () => void): void;
   /** The written-frame log of the subscription of `taskId`, if the socket follows it. */
   log(taskId: string): WrittenLog | undefined;
-  /** The queue outgrew `maxQueuedFrames` (called once): the socket must end. */
+  /** The queue outgrew `maxQueuedFrames` or `maxQueuedBytes` (called once): the socket must end. */
   overflow(): void;
 }
 
@@ -85,7 +90,8 @@ export interface WriterContext {
  */
 export class SocketWriter {
   readonly #ctx: WriterContext;
-  readonly #queue = new SendQueue();
+  /** Weighed by frame text: an event's text is cached, and encoded once whatever the sockets sending it. */
+  readonly #queue = new SendQueue(undefined, (event) => eventFrameText(event).length);
   /**
    * Reset snapshots that met the socket above the high-water mark, by task: written first when it
    * drains. A task's next reset replaces its waiting one.
@@ -176,11 +182,13 @@ export class SocketWriter {
   }
 
   /**
-   * Ends the socket once its queue holds more than `maxQueuedFrames` entries: `item` and terminal events
-   * are never dropped, so without a bound a reader slower than its tasks' items pinned them all here.
+   * Ends the socket once its queue holds more than `maxQueuedFrames` entries or `maxQueuedBytes` of
+   * frames: `item` and terminal events are never dropped, so without a bound a reader slower than its
+   * tasks' items pinned them all here (copies of its own when a catch-up read them from the store).
    */
   #checkBound(): void {
-    if (this.#queue.size <= this.#ctx.options.maxQueuedFrames) return;
+    const { maxQueuedFrames, maxQueuedBytes } = this.#ctx.options;
+    if (this.#queue.size <= maxQueuedFrames && this.#queue.bytes <= maxQueuedBytes) return;
     this.overflow();
   }
 

@@ -1,0 +1,92 @@
+import { request as httpRequest, type IncomingMessage } from 'node:http';
+import type { Socket } from 'node:net';
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
+import type { TaskEvent } from '@finishline/core';
+import { MemoryProgressStore } from '@finishline/core';
+import { afterEach, expect, it } from 'vitest';
+import { sleep, startServer, type TestServer } from '../testing/harness.js';
+
+/**
+ * A stalled event stream holds at most `MAX_HELD_BYTES` of the page it was writing (sse-stream.ts). The
+ * events a store read returns are this stream's own copies: each is watched through a WeakRef, and what a
+ * full garbage collection leaves alive while the reader does not read is what the stream pins (with what
+ * the hub keeps of the task, left out of the count).
+ */
+
+setFlagsFromString('--expose-gc');
+const gc = runInNewContext('gc') as () => void;
+
+let env: TestServer | undefined;
+afterEach(async () => {
+  await env?.close();
+  env = undefined;
+});
+
+/** A memory store that keeps a WeakRef to every event its reads return. */
+class WatchedStore extends MemoryProgressStore {
+  readonly read: Array<{ seq: number; ref: WeakRef<TaskEvent> }> = [];
+  override async readEvents(taskId: string, afterSeq: number, limit?: number): Promise<TaskEvent[]> {
+    const events = await super.readEvents(taskId, afterSeq, limit);
+    for (const event of events) this.read.push({ seq: event.seq, ref: new WeakRef(event) });
+    return events;
+  }
+}
+
+// Found by measurement (7 December 2026): the whole rest of the page stayed held, a page of 1,000 events
+// of 16 KiB items (some 20 MB) per stalled stream, 100 streams of one principal at once.
+it('holds at most MAX_HELD_BYTES of a page for a reader that stopped reading, and still delivers every event', async () => {
+  const store = new WatchedStore();
+  env = await startServer({ store, sseStallTimeoutMs: 60_000 });
+  const task = await env.server.tasks.create({ owner: 'alice', kind: 'k' });
+  const detail = 'x'.repeat(16_000);
+  for (let item = 1; item <= 1001; item++) await task.item({ key: `k${item}`, ok: true, detail });
+
+  // A resume 1,000 events back: one page of 1,000 events read from the store for this stream.
+  const response: IncomingMessage = await new Promise((resolve, reject) => {
+    const request = httpRequest(
+      `${env?.httpUrl}/progress/tasks/${task.id}/stream?afterSeq=1`,
+      { headers: { 'x-user': 'alice' } },
+      resolve,
+    );
+    request.on('error', reject);
+    request.end();
+  });
+  expect(response.statusCode).toBe(200);
+  const socket = response.socket as Socket;
+  socket.pause();
+  response.pause();
+  // The server writes until the connection's buffers are full, then holds the rest.
+  await sleep(1000);
+  gc();
+  await sleep(10);
+  gc();
+  expect(store.read.length).toBeGreaterThanOrEqual(1000);
+  // The hub keeps a task's latest events (up to 512, hub/recent-events.ts), these among them, for every
+  // reader of the task alike: counted are the page's first 448, which only this stream can be holding.
+  const alive = store.read.filter(({ seq, ref }) => seq < 450 && ref.deref() !== undefined).length;
+  // 1 MiB of 16 KiB frames is 64 of them.
+  expect(alive).toBeLessThan(100);
+
+  // The reader reads again: every item arrives, once, in order, and the task's end.
+  let text = '';
+  response.setEncoding('utf8');
+  response.on('data', (chunk: string) => {
+    text += chunk;
+  });
+  socket.resume();
+  response.resume();
+  await task.complete();
+  const deadline = Date.now() + 10_000;
+  while (!text.includes('"completed"') && Date.now() < deadline) await sleep(20);
+  const keys = text
+    .split('\n')
+    .filter((line) => line.startsWith('data: '))
+    .map(
+      (line) =>
+        JSON.parse(line.slice('data: '.length)) as { event?: { type: string; item?: { key: string } } },
+    )
+    .flatMap((frame) => (frame.event?.type === 'item' ? [frame.event.item?.key] : []));
+  expect(keys).toEqual(Array.from({ length: 1000 }, (_, i) => `k${i + 2}`));
+  expect(text).toContain('"completed"');
+}, 30_000);
