@@ -15,6 +15,7 @@ import express, { type NextFunction, type Request, type Response } from 'express
 import { ApiRateLimit, type ApiRateLimitOptions } from './api-rate-limit.js';
 import type { AppDb } from './app-db.js';
 import type { SessionManager } from './auth.js';
+import { bodyErrorAnswer } from './body-errors.js';
 import { type Cluster, ClusterSet } from './clusters.js';
 import type { KubeNodes } from './kube-nodes.js';
 import { LoginThrottle, type LoginThrottleOptions } from './login-throttle.js';
@@ -435,18 +436,9 @@ export function createApp(options: AppOptions): App {
   }
   app.use('/api', (_req: Request, res: Response) => fail(res, 404, 'not_found', 'no such route'));
   app.use((error: unknown, _req: Request, res: Response, _next: NextFunction) => {
-    const e = error as { status?: number; type?: string; message?: string; limit?: number };
-    if (e?.type === 'entity.parse.failed')
-      return fail(res, 400, 'invalid_json', 'the body is not valid JSON');
-    if (e?.type === 'entity.too.large') {
-      const limit = e.limit ?? API_BODY_LIMIT;
-      return fail(res, 413, 'payload_too_large', `the body is larger than ${limit} bytes`, { limit });
-    }
-    // A batch asked for while this replica shuts down (its Finishline server closed first): not an internal
-    // error but a moment to retry, which another replica (or this one restarted) takes.
     // A path parameter that is not valid %-encoding (`/api/tasks/%ZZ`): Express's router refuses it with a 400
     // URIError, the client's mistake, which was answered `internal` and logged as a server error.
-    if (error instanceof URIError && e.status === 400) {
+    if (error instanceof URIError && (error as { status?: unknown }).status === 400) {
       return fail(res, 400, 'invalid_input', 'the URL has a malformed %-encoding');
     }
     // A task id in the path that no task can have (`/api/tasks/constructor`, a space, over 128 characters):
@@ -456,17 +448,18 @@ export function createApp(options: AppOptions): App {
     if (isProgressError(error) && error.code === ErrorCode.InvalidInput) {
       return fail(res, 400, 'invalid_input', error.message);
     }
+    // A batch asked for while this replica shuts down (its Finishline server closed first): not an internal
+    // error but a moment to retry, which another replica (or this one restarted) takes.
     if (isProgressError(error) && error.code === ErrorCode.Closed) {
       res.setHeader('retry-after', '1');
       return fail(res, 503, 'shutting_down', 'this server is shutting down; try again in a moment');
     }
+    // A body the JSON parser refused (malformed, too large, an unsupported charset or encoding…): the
+    // client's mistake, with its own code, never `internal`.
+    const refused = bodyErrorAnswer(error, API_BODY_LIMIT);
+    if (refused !== undefined) return fail(res, refused.status, refused.code, refused.message, refused.extra);
     config.logger?.error({ err: String(error) }, 'request failed');
-    fail(
-      res,
-      typeof e?.status === 'number' && e.status >= 400 ? e.status : 500,
-      'internal',
-      'internal error',
-    );
+    fail(res, 500, 'internal', 'internal error');
   });
 
   return {
