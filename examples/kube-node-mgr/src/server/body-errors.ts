@@ -48,7 +48,7 @@ export function bodyErrorAnswer(error: unknown, defaultLimit: number): BodyError
       return answer(
         415,
         'unsupported_media_type',
-        `the content encoding ${JSON.stringify(String(e.encoding ?? '').slice(0, 40))} is not supported: send gzip, deflate, br or none`,
+        `the content encoding ${JSON.stringify(String(e.encoding ?? '').slice(0, 40))} is not supported`,
       );
     case 'request.size.invalid':
       return answer(400, 'invalid_input', 'the body does not match its Content-Length');
