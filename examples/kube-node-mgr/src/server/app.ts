@@ -51,7 +51,7 @@ export interface AppOptions {
   /**
    * Successful sign-ins per user (a token bucket, asked once the password matched): past it, 429
    * `too_many_sign_ins` with `Retry-After`, nothing stored. Each sign-in writes a session and an audit event.
-   * @default { burst: 10, perSecond: 1 / 60 } (10 at once, then one a minute)
+   * @default { burst: 30, perSecond: 1 / 60 } (30 at once: a shared account, a test run; then one a minute)
    */
   signInRateLimit?: ApiRateLimitOptions;
   /**
@@ -155,7 +155,7 @@ export const APP_DEFAULTS = Object.freeze({
   taskRetentionMs: 7 * 24 * 3_600_000,
   auditRetentionMs: 90 * 24 * 3_600_000,
   retentionIntervalMs: 600_000,
-  signInRateLimit: Object.freeze({ burst: 10, perSecond: 1 / 60 }),
+  signInRateLimit: Object.freeze({ burst: 30, perSecond: 1 / 60 }),
 });
 
 /** A running app: an `http.Server` (not yet listening) with the Finishline server attached. */
