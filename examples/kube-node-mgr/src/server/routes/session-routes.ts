@@ -45,7 +45,7 @@ export function registerSessionRoutes(
     const previous = sessions.sidOf(req) ?? undefined;
     try {
       // Each sign-in writes a session and an audit event: one user (or a script with the password) signing in
-      // in a loop grew both tables as fast as the hash queue let it, the audit log pushing out older events.
+      // in a loop grew both tables as fast as the hash queue let it.
       session = await sessions.login(username, password, previous, (user) => signIns.take(user));
       ok = session !== null;
     } catch (error) {
