@@ -72,6 +72,36 @@ describe.each(dialects)('AppDb on %s', (_name, open, enabled) => {
     expect(next.map((t) => t.taskId)).toEqual(['p-c', 'p-d']);
   });
 
+  it.runIf(enabled)(
+    'purges audit events and batch records older than a time, a bounded number per call',
+    async () => {
+      const [a, b] = (await open()) as [AppDb, AppDb];
+      const now = Date.now();
+      const record = (taskId: string, createdAt: number): TaskRecord => ({
+        taskId,
+        cluster: 'retention',
+        username: 'alice',
+        operation: { type: 'cordon' },
+        nodes: ['worker-1'],
+        parentTaskId: null,
+        relation: null,
+        createdAt,
+      });
+      for (let i = 0; i < 3; i++) {
+        await a.recordEvent({ username: 'ret', action: 'login', taskId: null, at: now - 10_000 - i });
+        await a.recordTask(record(`old-${i}`, now - 10_000 - i));
+      }
+      await a.recordEvent({ username: 'ret', action: 'logout', taskId: null, at: now });
+      await a.recordTask(record('new', now));
+      // Two of each table per call: the oldest first is not promised, only that the next call takes the rest.
+      expect(await b.purgeAudit(now - 5_000, 2)).toBe(4);
+      expect(await b.purgeAudit(now - 5_000, 2)).toBe(2);
+      expect(await b.purgeAudit(now - 5_000, 2)).toBe(0);
+      expect((await a.events({ username: 'ret', limit: 10 })).map((e) => e.action)).toEqual(['logout']);
+      expect((await a.tasks({ cluster: 'retention', limit: 10 })).map((t) => t.taskId)).toEqual(['new']);
+    },
+  );
+
   it.runIf(enabled)('revokes a session for every replica', async () => {
     const [a, b] = (await open()) as [AppDb, AppDb];
     await a.createSession({ sid: 's1', username: 'alice', expiresAt: Date.now() + 60_000 });

@@ -154,6 +154,8 @@ export async function createTables(db: Kysely<Tables>, dialect: Dialect): Promis
     .addColumn('task_id', 'text')
     .addColumn('at', big, (c) => c.notNull())
     .execute();
+  // The audit list reads newest first, and the retention deletes the oldest.
+  await schema.createIndex('knm_audit_events_at').ifNotExists().on('knm_audit_events').column('at').execute();
   // Locks and cordon notes of a database from before clusters move to the keyed tables with cluster ''
   // ({@link AppDb.adoptUnassigned} gives them to the default cluster).
   const tables = new Set((await db.introspection.getTables()).map((t) => t.name));

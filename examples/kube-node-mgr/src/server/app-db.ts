@@ -13,6 +13,9 @@ import { createTables, type Dialect, type Tables, type TaskRow } from './app-db-
 /** Attempts of {@link AppDb.lockNodes} at writing the locks before it gives up (then the batch gets 503). */
 export const LOCK_ATTEMPTS = 3;
 
+/** Most rows of each audit table one {@link AppDb.purgeAudit} deletes. */
+export const AUDIT_PURGE_LIMIT = 10_000;
+
 /** Key of the advisory lock under which a replica creates the tables. */
 const MIGRATION_LOCK = 7_215_001;
 
@@ -470,6 +473,28 @@ export class AppDb {
       .insertInto('knm_audit_events')
       .values({ username: event.username, action: event.action, task_id: event.taskId, at: event.at })
       .execute();
+  }
+
+  /**
+   * Deletes the audit events and batch records older than `before` (ms since the epoch), at most `limit` of
+   * each: neither table was ever purged, and one user signing in again and again grew the audit events
+   * without end. Returns how many rows went. Bounded per call so a first run on a large table does not hold
+   * SQLite's write lock (or a long Postgres transaction) for the whole backlog: the next run takes more.
+   */
+  async purgeAudit(before: number, limit = AUDIT_PURGE_LIMIT): Promise<number> {
+    const events = await this.#db
+      .deleteFrom('knm_audit_events')
+      .where('id', 'in', (eb) =>
+        eb.selectFrom('knm_audit_events').select('id').where('at', '<', before).limit(limit),
+      )
+      .executeTakeFirst();
+    const tasks = await this.#db
+      .deleteFrom('knm_tasks')
+      .where('task_id', 'in', (eb) =>
+        eb.selectFrom('knm_tasks').select('task_id').where('created_at', '<', before).limit(limit),
+      )
+      .executeTakeFirst();
+    return Number(events.numDeletedRows) + Number(tasks.numDeletedRows);
   }
 
   /** Newest first; only `username`'s when given. */

@@ -15,9 +15,11 @@ import express, { type NextFunction, type Request, type Response } from 'express
 import { ApiRateLimit, type ApiRateLimitOptions } from './api-rate-limit.js';
 import type { AppDb } from './app-db.js';
 import type { SessionManager } from './auth.js';
+import { bodyErrorAnswer } from './body-errors.js';
 import { type Cluster, ClusterSet } from './clusters.js';
 import type { KubeNodes } from './kube-nodes.js';
 import { LoginThrottle, type LoginThrottleOptions } from './login-throttle.js';
+import { startRetention } from './retention.js';
 import { PROXY_AUTH_HEADER } from './round-robin-proxy.js';
 import { IDEMPOTENCY_KEY_TTL_MS, registerBatchRoutes } from './routes/batch-routes.js';
 import { createGuards, type Principal, type RouteContext } from './routes/context.js';
@@ -47,6 +49,20 @@ export interface AppOptions {
    */
   apiRateLimit?: ApiRateLimitOptions;
   /**
+   * Successful sign-ins per user (a token bucket, asked once the password matched): past it, 429
+   * `too_many_sign_ins` with `Retry-After`, nothing stored. Each sign-in writes a session and an audit event.
+   * @default { burst: 30, perSecond: 1 / 60 } (30 at once: a shared account, a test run; then one a minute)
+   */
+  signInRateLimit?: ApiRateLimitOptions;
+  /**
+   * How long the audit log is kept: sign-in, sign-out and cancel events and the batch records (the audit
+   * page's and the task list's rows) older than this are deleted by the retention runs
+   * ({@link AppOptions.retentionIntervalMs}). Keep it at least
+   * {@link AppOptions.taskRetentionMs}, or a finished batch still in the store loses its record first.
+   * @default 7776000000 (90 days)
+   */
+  auditRetentionMs?: number;
+  /**
    * Batches one user may have running at once; one more gets 429 `too_many_batches`.
    * @default 3
    */
@@ -64,8 +80,9 @@ export interface AppOptions {
    */
   taskRetentionMs?: number;
   /**
-   * How often this replica deletes finished batches older than {@link AppOptions.taskRetentionMs}: at most
-   * 500 per run (the store's default batch), one run at a time.
+   * How often this replica deletes finished batches older than {@link AppOptions.taskRetentionMs} and audit
+   * rows older than {@link AppOptions.auditRetentionMs}: in batches (500 tasks, 10,000 rows of each audit
+   * table) until none is left, at most 100 batches of each per run, one run at a time.
    * @default 600000 (10 minutes)
    */
   retentionIntervalMs?: number;
@@ -136,7 +153,9 @@ export const APP_DEFAULTS = Object.freeze({
   maxRunningBatchesPerUser: 3,
   sessionSweepIntervalMs: 10_000,
   taskRetentionMs: 7 * 24 * 3_600_000,
+  auditRetentionMs: 90 * 24 * 3_600_000,
   retentionIntervalMs: 600_000,
+  signInRateLimit: Object.freeze({ burst: 30, perSecond: 1 / 60 }),
 });
 
 /** A running app: an `http.Server` (not yet listening) with the Finishline server attached. */
@@ -195,6 +214,7 @@ export function createApp(options: AppOptions): App {
   // setInterval fires a delay past 2^31 - 1 ms after 1 ms.
   for (const [name, value, min, max] of [
     ['taskRetentionMs', config.taskRetentionMs, 0, Number.MAX_SAFE_INTEGER],
+    ['auditRetentionMs', config.auditRetentionMs, 0, Number.MAX_SAFE_INTEGER],
     ['retentionIntervalMs', config.retentionIntervalMs, 1, 2 ** 31 - 1],
   ] as const) {
     if (!Number.isSafeInteger(value) || value < min || value > max)
@@ -350,19 +370,15 @@ export function createApp(options: AppOptions): App {
   }, 3_600_000);
   purge.unref();
   // Finished batches are deleted for real once older than taskRetentionMs (the original kept every failed
-  // task for ever). One run at a time: a slow store skips a tick rather than stacking purges.
-  let retaining = false;
-  const retention = setInterval(() => {
-    if (retaining) return;
-    retaining = true;
-    store
-      .purgeFinished({ olderThanMs: config.taskRetentionMs })
-      .catch((error: unknown) => config.logger?.warn({ err: String(error) }, 'task retention failed'))
-      .finally(() => {
-        retaining = false;
-      });
-  }, config.retentionIntervalMs);
-  retention.unref();
+  // task for ever), and the audit log once older than auditRetentionMs (it was never purged).
+  const retention = startRetention({
+    store,
+    db,
+    taskRetentionMs: config.taskRetentionMs,
+    auditRetentionMs: config.auditRetentionMs,
+    intervalMs: config.retentionIntervalMs,
+    logger: config.logger,
+  });
 
   const guards = createGuards({ app, sessions, db, clusters, allowedOrigins, logger: config.logger });
   const { fail } = guards;
@@ -419,7 +435,9 @@ export function createApp(options: AppOptions): App {
     ...guards,
     dropSockets,
   };
-  registerSessionRoutes(ctx, throttle);
+  // Per user, as the API's limit: the keys are configured users only (asked once the password matched).
+  const signIns = new ApiRateLimit({ ...APP_DEFAULTS.signInRateLimit, ...options.signInRateLimit });
+  registerSessionRoutes(ctx, throttle, signIns);
   registerNodeRoutes(ctx);
   const batches = registerBatchRoutes(ctx);
   registerTemplateRoutes(ctx);
@@ -435,18 +453,9 @@ export function createApp(options: AppOptions): App {
   }
   app.use('/api', (_req: Request, res: Response) => fail(res, 404, 'not_found', 'no such route'));
   app.use((error: unknown, _req: Request, res: Response, _next: NextFunction) => {
-    const e = error as { status?: number; type?: string; message?: string; limit?: number };
-    if (e?.type === 'entity.parse.failed')
-      return fail(res, 400, 'invalid_json', 'the body is not valid JSON');
-    if (e?.type === 'entity.too.large') {
-      const limit = e.limit ?? API_BODY_LIMIT;
-      return fail(res, 413, 'payload_too_large', `the body is larger than ${limit} bytes`, { limit });
-    }
-    // A batch asked for while this replica shuts down (its Finishline server closed first): not an internal
-    // error but a moment to retry, which another replica (or this one restarted) takes.
     // A path parameter that is not valid %-encoding (`/api/tasks/%ZZ`): Express's router refuses it with a 400
     // URIError, the client's mistake, which was answered `internal` and logged as a server error.
-    if (error instanceof URIError && e.status === 400) {
+    if (error instanceof URIError && (error as { status?: unknown }).status === 400) {
       return fail(res, 400, 'invalid_input', 'the URL has a malformed %-encoding');
     }
     // A task id in the path that no task can have (`/api/tasks/constructor`, a space, over 128 characters):
@@ -456,17 +465,18 @@ export function createApp(options: AppOptions): App {
     if (isProgressError(error) && error.code === ErrorCode.InvalidInput) {
       return fail(res, 400, 'invalid_input', error.message);
     }
+    // A batch asked for while this replica shuts down (its Finishline server closed first): not an internal
+    // error but a moment to retry, which another replica (or this one restarted) takes.
     if (isProgressError(error) && error.code === ErrorCode.Closed) {
       res.setHeader('retry-after', '1');
       return fail(res, 503, 'shutting_down', 'this server is shutting down; try again in a moment');
     }
+    // A body the JSON parser refused (malformed, too large, an unsupported charset or encoding…): the
+    // client's mistake, with its own code, never `internal`.
+    const refused = bodyErrorAnswer(error, API_BODY_LIMIT);
+    if (refused !== undefined) return fail(res, refused.status, refused.code, refused.message, refused.extra);
     config.logger?.error({ err: String(error) }, 'request failed');
-    fail(
-      res,
-      typeof e?.status === 'number' && e.status >= 400 ? e.status : 500,
-      'internal',
-      'internal error',
-    );
+    fail(res, 500, 'internal', 'internal error');
   });
 
   return {
@@ -475,7 +485,7 @@ export function createApp(options: AppOptions): App {
     async close() {
       clearInterval(sweep);
       clearInterval(purge);
-      clearInterval(retention);
+      retention.stop();
       // Stop accepting first: new connections are refused (the replica launcher's proxy and a Service send
       // them to another replica) and idle kept-alive ones closed, while the requests in progress go on.
       closing = true;

@@ -51,6 +51,19 @@ export class HashQueueFullError extends Error {
   }
 }
 
+/**
+ * A login whose credentials matched, refused by the caller's limit on sign-ins (`admit` of
+ * {@link SessionManager.login}): nothing was stored. `waitMs`: until the next one would be let in.
+ */
+export class SignInLimitError extends Error {
+  readonly waitMs: number;
+  constructor(waitMs: number) {
+    super('too many sign-ins');
+    this.name = 'SignInLimitError';
+    this.waitMs = waitMs;
+  }
+}
+
 /** A login whose credentials matched but whose session the database could not store (an outage). */
 export class SessionStoreError extends Error {
   constructor(cause: unknown) {
@@ -179,12 +192,21 @@ export class SessionManager {
    * Checks the credentials; a new stored session on success, with `replaces` (the browser's previous
    * session) revoked in the same write. Unknown users cost a hash too (no timing oracle). The hash runs on
    * libuv's thread pool, so logins never stall the event loop. Rejects with {@link SessionStoreError} when
-   * the session could not be stored (nothing was: the previous session is still active).
+   * the session could not be stored (nothing was: the previous session is still active), and with
+   * {@link SignInLimitError} when `admit` (asked once the password matched) answers a wait.
    */
-  async login(username: string, password: string, replaces?: string): Promise<Session | null> {
+  async login(
+    username: string,
+    password: string,
+    replaces?: string,
+    admit?: (username: string) => number,
+  ): Promise<Session | null> {
     const user = this.#users.get(username);
     const ok = (await verifyPassword(password, user?.passwordHash ?? DUMMY_HASH)) && user !== undefined;
     if (!ok) return null;
+    // Asked only once the password matched: a refusal tells nothing to whoever does not know it.
+    const waitMs = admit?.(username) ?? 0;
+    if (waitMs > 0) throw new SignInLimitError(waitMs);
     const session = { username, sid: randomBytes(16).toString('base64url'), exp: Date.now() + this.#ttlMs };
     try {
       await this.#db.createSession({

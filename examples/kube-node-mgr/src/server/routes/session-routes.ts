@@ -2,11 +2,16 @@
 
 import type { Request, Response } from 'express';
 import type { SessionView } from '../../shared/api-types.js';
-import { HashQueueFullError, type Session, SessionStoreError } from '../auth.js';
+import type { ApiRateLimit } from '../api-rate-limit.js';
+import { HashQueueFullError, type Session, SessionStoreError, SignInLimitError } from '../auth.js';
 import type { LoginThrottle } from '../login-throttle.js';
 import type { RouteContext } from './context.js';
 
-export function registerSessionRoutes(ctx: RouteContext, throttle: LoginThrottle): void {
+export function registerSessionRoutes(
+  ctx: RouteContext,
+  throttle: LoginThrottle,
+  signIns: ApiRateLimit,
+): void {
   const { app, config, sessions, fail, originAllowed, route, audit, dropSockets } = ctx;
   const secure = (req: Request) => req.secure;
   const sessionBody = (session: Session): SessionView => ({
@@ -39,9 +44,18 @@ export function registerSessionRoutes(ctx: RouteContext, throttle: LoginThrottle
     // stayed valid until it expired, 12 h, though no page of this browser could use it any more.
     const previous = sessions.sidOf(req) ?? undefined;
     try {
-      session = await sessions.login(username, password, previous);
+      // Each sign-in writes a session and an audit event: one user (or a script with the password) signing in
+      // in a loop grew both tables as fast as the hash queue let it.
+      session = await sessions.login(username, password, previous, (user) => signIns.take(user));
       ok = session !== null;
     } catch (error) {
+      if (error instanceof SignInLimitError) {
+        const seconds = Math.ceil(error.waitMs / 1000);
+        res.setHeader('retry-after', String(seconds));
+        return fail(res, 429, 'too_many_sign_ins', `too many sign-ins: try again in ${seconds} s`, {
+          retryAfterS: seconds,
+        });
+      }
       if (error instanceof SessionStoreError) {
         // The database is down: a moment to retry, not an internal error. Nothing was stored, so the browser's
         // previous session (if any) is still active, and no session exists without its cookie.
