@@ -412,6 +412,15 @@ export interface ProgressServerOptions<P extends Principal = Principal> {
    */
   maxQueuedBytes?: number | undefined;
   /**
+   * Most bytes of event frames queued over all the sockets of one principal on this replica (the sum of
+   * what `maxQueuedBytes` weighs on each). `maxQueuedBytes` bounds one socket, and a principal may open
+   * `maxSocketsPerPrincipal` of them: its 100 sockets that stopped reading held 16 MiB of frames each, and
+   * the events behind them, 1.6 GB or more. The socket whose queue takes the principal past this bound is
+   * terminated, as past `maxQueuedBytes` (same log line); its bytes are given back at once.
+   * @default 67108864 (64 MiB)
+   */
+  maxQueuedBytesPerPrincipal?: number | undefined;
+  /**
    * How often a congested socket's `bufferedAmount` is checked, in milliseconds.
    * @default 10
    */
@@ -595,6 +604,7 @@ const SERVER_OPTIONS = {
   backpressurePollMs: integer(10, 1, MAX_TIMER_MS),
   maxQueuedFrames: integer(10_000, 1),
   maxQueuedBytes: integer(16 * 1024 * 1024, 1),
+  maxQueuedBytesPerPrincipal: integer(64 * 1024 * 1024, 1),
   terminalRetry: TERMINAL_RETRY_OPTION,
   leaseTtlMs: integer(15_000, 3, 86_400_000),
   // No fixed default: it follows leaseTtlMs (a third of it), computed in resolveServerOptions.

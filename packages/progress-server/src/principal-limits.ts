@@ -18,6 +18,9 @@ export class PrincipalLimits {
   readonly #clock: Clock;
   readonly #sockets = new Map<string, number>();
   readonly #subscriptions = new Map<string, number>();
+  readonly #maxQueuedBytes: number;
+  /** Bytes of event frames queued over each principal's sockets (see {@link addQueuedBytes}); no entry at 0. */
+  readonly #queuedBytes = new Map<string, number>();
   /**
    * One frame budget per principal, shared by its sockets. Kept after its last socket closes until it has
    * refilled (a principal that reconnected at once would otherwise get a full budget per reconnect).
@@ -29,8 +32,11 @@ export class PrincipalLimits {
     maxSockets: number;
     maxSubscriptions: number;
     ratePerSecond: number;
+    /** Most bytes of event frames queued over one principal's sockets (`maxQueuedBytesPerPrincipal`). */
+    maxQueuedBytes?: number;
     clock: Clock;
   }) {
+    this.#maxQueuedBytes = options.maxQueuedBytes ?? Number.POSITIVE_INFINITY;
     this.#maxSockets = options.maxSockets;
     this.#maxSubscriptions = options.maxSubscriptions;
     this.#ratePerSecond = options.ratePerSecond;
@@ -107,11 +113,26 @@ export class PrincipalLimits {
     give(this.#subscriptions, principalId);
   }
 
+  /**
+   * One of `principalId`'s sockets queued `delta` more bytes of event frames (less when negative): each
+   * socket reports the change of its own queue's weight, so the sum is kept in O(1) whatever the number of
+   * frames. `false` when a growth took the principal past `maxQueuedBytesPerPrincipal`: that socket must
+   * end (and give its bytes back). Bounded per socket only, a principal's 100 stalled sockets held 16 MiB
+   * of frames each, and the events behind them.
+   */
+  addQueuedBytes(principalId: string, delta: number): boolean {
+    const total = (this.#queuedBytes.get(principalId) ?? 0) + delta;
+    if (total <= 0) this.#queuedBytes.delete(principalId);
+    else this.#queuedBytes.set(principalId, total);
+    return delta <= 0 || total <= this.#maxQueuedBytes;
+  }
+
   /** The current counts of `principalId` (for tests and diagnostics). */
-  usage(principalId: string): { sockets: number; subscriptions: number } {
+  usage(principalId: string): { sockets: number; subscriptions: number; queuedBytes: number } {
     return {
       sockets: this.#sockets.get(principalId) ?? 0,
       subscriptions: this.#subscriptions.get(principalId) ?? 0,
+      queuedBytes: this.#queuedBytes.get(principalId) ?? 0,
     };
   }
 }

@@ -270,6 +270,7 @@ export class ProgressServer<P extends Principal = Principal> {
       maxSockets: resolved.maxSocketsPerPrincipal,
       maxSubscriptions: resolved.maxSubscriptionsPerPrincipal,
       ratePerSecond: resolved.rateLimitPerPrincipalPerSecond,
+      maxQueuedBytes: resolved.maxQueuedBytesPerPrincipal,
       clock: resolved.clock,
     });
     // A restore under the running server: the hub's seqs are of the old epoch, and so are the watchers'.

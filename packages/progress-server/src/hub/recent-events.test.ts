@@ -1,6 +1,6 @@
 import type { TaskEvent } from '@finishline/core';
 import { describe, expect, it } from 'vitest';
-import { RecentEvents } from './recent-events.js';
+import { RECENT_EVENTS_TOTAL_BYTES, RecentEvents } from './recent-events.js';
 
 const event = (taskId: string, seq: number): TaskEvent =>
   Object.freeze({
@@ -75,5 +75,49 @@ describe('RecentEvents', () => {
     expect(recent.between('a', 0, 1)).toBeUndefined();
     recent.drop('d');
     expect(recent.size).toBe(0);
+  });
+
+  // Found by a review (7 December 2026): the total was a count, assumed ~15 MB at 250 bytes an event;
+  // at 16 KiB an item the 65,536 events held were about 1 GB, and as much again in their frame texts.
+  it('holds at most RECENT_EVENTS_TOTAL_BYTES of frames, dropping the least recently used windows', () => {
+    const detail = 'x'.repeat(16 * 1024);
+    const item = (taskId: string, seq: number): TaskEvent =>
+      Object.freeze({
+        taskId,
+        seq,
+        type: 'item' as const,
+        time: seq,
+        item: { key: `k${seq}`, ok: true, detail },
+        progress: { total: null, done: seq, succeeded: seq, failed: 0, current: null, message: null },
+      }) as unknown as TaskEvent;
+    const recent = new RecentEvents();
+    // 64 tasks of 100 items, one task after the other: 6,400 events, far below the count, 105 MB of frames.
+    for (let task = 0; task < 64; task++) {
+      for (let seq = 1; seq <= 100; seq++) recent.extend(`t${task}`, [item(`t${task}`, seq)]);
+      if (task === 30) recent.between('t0', 0, 100); // t0 is now more recent than t1 … t30
+      expect(recent.bytes).toBeLessThanOrEqual(RECENT_EVENTS_TOTAL_BYTES);
+    }
+    expect(recent.bytes).toBeGreaterThan(RECENT_EVENTS_TOTAL_BYTES / 2);
+    expect(recent.size).toBeLessThan(6400);
+    // The windows used last are whole; the least recently used are gone.
+    expect(recent.between('t63', 0, 100)).toHaveLength(100);
+    expect(recent.between('t0', 0, 100)).toHaveLength(100);
+    expect(recent.between('t1', 0, 100)).toBeUndefined();
+    for (let task = 0; task < 64; task++) recent.drop(`t${task}`);
+    expect(recent.bytes).toBe(0);
+    expect(recent.size).toBe(0);
+  });
+
+  it('weighs a window trimmed to perTask by what it still holds', () => {
+    const recent = new RecentEvents({ perTask: 4, total: 100, totalBytes: 70, weigh: () => 10 });
+    for (let seq = 1; seq <= 19; seq++) {
+      recent.extend('a', [event('a', seq)]);
+      expect(recent.bytes).toBe(recent.size * 10);
+    }
+    recent.extend('a', [event('a', 20)]); // trimmed to its last 4: 40
+    recent.extend('b', run('b', 1, 4));
+    // 'a' (40) and 'b' (40) are over 70: 'a', the least recent, is dropped.
+    expect(recent.between('a', 19, 20)).toBeUndefined();
+    expect(recent.bytes).toBe(40);
   });
 });

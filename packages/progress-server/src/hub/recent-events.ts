@@ -5,6 +5,7 @@
  * @module
  */
 import type { TaskEvent } from '@finishline/core';
+import { eventFrameText } from '../socket/event-frame-text.js';
 
 /**
  * Events kept per task: once a task has had this many, at least this many and fewer than twice as many
@@ -14,10 +15,24 @@ import type { TaskEvent } from '@finishline/core';
 export const RECENT_EVENTS_PER_TASK = 256;
 
 /**
- * Most events kept over all tasks (about 15 MB at 250 bytes an event). Past it, the windows of the tasks
- * served or extended least recently are dropped whole.
+ * Most events kept over all tasks (about 15 MB at 250 bytes an event; larger events are bounded by
+ * {@link RECENT_EVENTS_TOTAL_BYTES}). Past it, the windows of the tasks served or extended least recently
+ * are dropped whole.
  */
 export const RECENT_EVENTS_TOTAL = 65_536;
+
+/**
+ * Most bytes of events kept over all tasks, weighed by their `event` frame's text (which is cached per
+ * event and held with it). The count alone assumed small events: at 16 KiB an `item`, 65,536 of them were
+ * about 1 GB, and twice that with their texts. Past it, windows are dropped as past the count.
+ */
+export const RECENT_EVENTS_TOTAL_BYTES = 64 * 1024 * 1024;
+
+/** One task's window and what its events weigh. */
+interface Window {
+  readonly events: TaskEvent[];
+  bytes: number;
+}
 
 /**
  * Per task, one contiguous run of its latest committed events, ending at the hub's dispatched seq. The
@@ -31,13 +46,29 @@ export const RECENT_EVENTS_TOTAL = 65_536;
 export class RecentEvents {
   readonly #perTask: number;
   readonly #total: number;
+  readonly #totalBytes: number;
+  readonly #weigh: (event: TaskEvent) => number;
   /** Insertion order is recency: a window served or extended moves to the end. */
-  readonly #windows = new Map<string, TaskEvent[]>();
+  readonly #windows = new Map<string, Window>();
   #size = 0;
+  #bytes = 0;
 
-  constructor(limits: { perTask?: number; total?: number } = {}) {
+  /**
+   * @param limits - `weigh` is what an event weighs against `totalBytes`: its `event` frame's length by
+   *   default (encoded once per event whoever sends it, so weighing it here encodes nothing twice).
+   */
+  constructor(
+    limits: {
+      perTask?: number;
+      total?: number;
+      totalBytes?: number;
+      weigh?: (event: TaskEvent) => number;
+    } = {},
+  ) {
     this.#perTask = limits.perTask ?? RECENT_EVENTS_PER_TASK;
     this.#total = limits.total ?? RECENT_EVENTS_TOTAL;
+    this.#totalBytes = limits.totalBytes ?? RECENT_EVENTS_TOTAL_BYTES;
+    this.#weigh = limits.weigh ?? weighFrame;
   }
 
   /** Events held over all tasks. */
@@ -45,24 +76,38 @@ export class RecentEvents {
     return this.#size;
   }
 
+  /** What the events held over all tasks weigh (see {@link RECENT_EVENTS_TOTAL_BYTES}). */
+  get bytes(): number {
+    return this.#bytes;
+  }
+
   /** The hub dispatched `events` (contiguous, in seq order) of `taskId`. */
   extend(taskId: string, events: readonly TaskEvent[]): void {
     const next = events[0];
     if (next === undefined) return;
     const window = this.#windows.get(taskId);
-    const last = window?.[window.length - 1];
-    if (window === undefined || last === undefined || next.seq !== last.seq + 1) {
+    const held = window?.events;
+    const last = held?.[held.length - 1];
+    if (window === undefined || held === undefined || last === undefined || next.seq !== last.seq + 1) {
       this.#set(taskId, [...events]);
       return;
     }
-    // In place, the hot path: one push per live event, the front trimmed only once it doubled.
-    for (const event of events) window.push(event);
+    // In place, the hot path: one push per live event, the front trimmed only once it doubled. Each event
+    // is weighed once in and once out (a cached text's length), never the window again.
+    let bytes = 0;
+    for (const event of events) {
+      held.push(event);
+      bytes += this.#weigh(event);
+    }
     this.#size += events.length;
-    if (window.length >= 2 * this.#perTask) {
-      const excess = window.length - this.#perTask;
-      window.splice(0, excess);
+    if (held.length >= 2 * this.#perTask) {
+      const excess = held.length - this.#perTask;
+      for (let index = 0; index < excess; index++) bytes -= this.#weigh(held[index] as TaskEvent);
+      held.splice(0, excess);
       this.#size -= excess;
     }
+    window.bytes += bytes;
+    this.#bytes += bytes;
     this.#touch(taskId, window);
     this.#evict(taskId);
   }
@@ -74,7 +119,7 @@ export class RecentEvents {
   backfill(taskId: string, events: readonly TaskEvent[], dispatchedSeq: number): void {
     const last = events[events.length - 1];
     if (last === undefined) return;
-    const window = this.#windows.get(taskId);
+    const window = this.#windows.get(taskId)?.events;
     const first = window?.[0];
     if (window === undefined || first === undefined) {
       if (last.seq === dispatchedSeq) this.#set(taskId, [...events]);
@@ -92,43 +137,54 @@ export class RecentEvents {
    */
   between(taskId: string, fromSeq: number, toSeq: number): readonly TaskEvent[] | undefined {
     const window = this.#windows.get(taskId);
-    const first = window?.[0];
+    const first = window?.events[0];
     if (window === undefined || first === undefined || toSeq <= fromSeq) return undefined;
     const start = fromSeq + 1 - first.seq;
     const end = toSeq + 1 - first.seq;
-    if (start < 0 || end > window.length) return undefined;
+    if (start < 0 || end > window.events.length) return undefined;
     this.#touch(taskId, window);
-    return window.slice(start, end);
+    return window.events.slice(start, end);
   }
 
   /** Forgets `taskId`'s events (nobody follows it any more, or its log changed under it). */
   drop(taskId: string): void {
     const window = this.#windows.get(taskId);
     if (window === undefined) return;
-    this.#size -= window.length;
-    this.#windows.delete(taskId);
+    this.#forget(taskId, window);
   }
 
   #set(taskId: string, events: TaskEvent[]): void {
     this.drop(taskId);
     const kept = events.length > this.#perTask ? events.slice(events.length - this.#perTask) : events;
-    this.#windows.set(taskId, kept);
+    let bytes = 0;
+    for (const event of kept) bytes += this.#weigh(event);
+    this.#windows.set(taskId, { events: kept, bytes });
     this.#size += kept.length;
+    this.#bytes += bytes;
     this.#evict(taskId);
   }
 
+  #forget(taskId: string, window: Window): void {
+    this.#size -= window.events.length;
+    this.#bytes -= window.bytes;
+    this.#windows.delete(taskId);
+  }
+
   /** Moves a window to the end of the recency order: the most recently used is the last evicted. */
-  #touch(taskId: string, window: TaskEvent[]): void {
+  #touch(taskId: string, window: Window): void {
     this.#windows.delete(taskId);
     this.#windows.set(taskId, window);
   }
 
-  /** Drops the least recently used windows (never `keep`'s) while over the total. */
+  /** Drops the least recently used windows (never `keep`'s) while over the total count or bytes. */
   #evict(keep: string): void {
     for (const [oldest, window] of this.#windows) {
-      if (this.#size <= this.#total || oldest === keep) return;
-      this.#size -= window.length;
-      this.#windows.delete(oldest);
+      if ((this.#size <= this.#total && this.#bytes <= this.#totalBytes) || oldest === keep) return;
+      this.#forget(oldest, window);
     }
   }
+}
+
+function weighFrame(event: TaskEvent): number {
+  return eventFrameText(event).length;
 }

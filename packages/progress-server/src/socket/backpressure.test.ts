@@ -36,7 +36,9 @@ afterEach(async () => {
 });
 
 /** A server on the caller's WebSocketServer whose sockets look congested while `congested.on`. */
-async function congestibleServer(overrides: { maxQueuedFrames?: number } = {}): Promise<{
+async function congestibleServer(
+  overrides: { maxQueuedFrames?: number; maxQueuedBytesPerPrincipal?: number } = {},
+): Promise<{
   server: ProgressServer;
   url: string;
   congested: { on: boolean };
@@ -153,6 +155,37 @@ describe('backpressure', () => {
     for (let item = 1; item <= 1100; item++) await task.item({ key: `node-${item}`, ok: true, detail });
     const closed = await Promise.race([client.closed, sleep(5000).then(() => ({ code: 'still open' }))]);
     expect(closed.code).toBe(1006);
+  });
+
+  // Found by a review (7 December 2026): maxQueuedBytes bounds one socket, and a principal may open 100 of
+  // them: its stalled sockets held 16 MiB of frames each, 1.6 GB and the events behind them.
+  it("terminates the socket that takes its principal's queued frames past maxQueuedBytesPerPrincipal; others go on", async () => {
+    const { server, url, congested } = await congestibleServer({ maxQueuedBytesPerPrincipal: 1024 * 1024 });
+    const detail = 'x'.repeat(16_000);
+    const watch = async (user: string) => {
+      const task = await server.tasks.create({ owner: user, kind: 'k' });
+      const raw = await RawClient.connect(url, { user });
+      cleanups.push(async () => raw.ws.terminate());
+      raw.send({ type: 'subscribe', taskId: task.id, afterSeq: 0 });
+      await raw.next((frame) => frame.type === 'snapshot');
+      return { task, raw };
+    };
+    const alice = [await watch('alice'), await watch('alice'), await watch('alice')];
+    const bob = await watch('bob');
+    congested.on = true;
+    // 30 items of 16 KB per socket: 480 KB each, far below maxQueuedBytes; 1.4 MB for alice's three.
+    for (let item = 1; item <= 30; item++) {
+      for (const { task } of [...alice, bob]) await task.item({ key: `node-${item}`, ok: true, detail });
+    }
+    const open = (raw: RawClient) =>
+      Promise.race([raw.closed.then(() => false), sleep(300).then(() => true)]);
+    const aliceOpen = await Promise.all(alice.map(({ raw }) => open(raw)));
+    expect(aliceOpen.filter((isOpen) => !isOpen).length).toBeGreaterThanOrEqual(1);
+    expect(aliceOpen.filter((isOpen) => isOpen).length).toBeGreaterThanOrEqual(1);
+    // Bob's socket holds his own queue, whatever alice's hold: it goes on, and gets every item.
+    expect(await open(bob.raw)).toBe(true);
+    congested.on = false;
+    await bob.raw.next((frame) => frame.type === 'event' && seqOf(frame) === 30);
   });
 
   it('sends everything as events when the socket keeps up', async () => {

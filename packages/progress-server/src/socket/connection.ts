@@ -120,6 +120,8 @@ export class Connection<P extends Principal> {
       isOpen,
       guard,
       log: (taskId) => this.#subs.get(taskId),
+      // Events are queued only for subscriptions, so after authentication: the principal is known.
+      queuedBytes: (delta) => ctx.limits.addQueuedBytes((this.#gate.principal as P).id, delta),
       overflow: () => {
         // No close frame: it would wait behind the backlog the peer is not reading. The client reconnects
         // and resumes from its cursor, as after the liveness check's termination.
@@ -128,6 +130,7 @@ export class Connection<P extends Principal> {
             connection: this.id,
             maxQueuedFrames: this.#options.maxQueuedFrames,
             maxQueuedBytes: this.#options.maxQueuedBytes,
+            maxQueuedBytesPerPrincipal: this.#options.maxQueuedBytesPerPrincipal,
           },
           'send queue over maxQueuedFrames (client reads too slowly); terminating socket',
         );

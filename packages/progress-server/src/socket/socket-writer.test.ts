@@ -12,11 +12,16 @@ import WebSocket from 'ws';
 import { StoreEpoch } from '../hub/store-epoch.js';
 import { silentLogger } from '../logger.js';
 import { ServerMetrics } from '../metrics.js';
+import { PrincipalLimits } from '../principal-limits.js';
 import type { WrittenLog } from './socket-writer.js';
 import { SocketWriter } from './socket-writer.js';
 
 /** A writer over a stand-in socket whose `bufferedAmount` the test sets; `sent` is what reached it. */
-function writerOver(highWaterMarkBytes: number, maxQueuedFrames = 10_000) {
+function writerOver(
+  highWaterMarkBytes: number,
+  maxQueuedFrames = 10_000,
+  queuedBytes?: (delta: number) => boolean,
+) {
   const store = new MemoryProgressStore();
   const sent: string[] = [];
   let overflows = 0;
@@ -44,6 +49,7 @@ function writerOver(highWaterMarkBytes: number, maxQueuedFrames = 10_000) {
     epoch: new StoreEpoch(store, silentLogger),
     isOpen: () => true,
     guard: (fn) => fn(),
+    queuedBytes,
     overflow: () => {
       overflows += 1;
     },
@@ -123,5 +129,60 @@ describe('SocketWriter over maxQueuedFrames', () => {
     writer.pushSnapshot({ id: 'c', seq: 1 } as TaskView);
     expect(overflows()).toBe(1);
     writer.stop();
+  });
+});
+
+// Found by a review (7 December 2026): maxQueuedBytes bounds one socket, and a principal may open 100:
+// its stalled sockets held 16 MiB of frames each, 1.6 GB and the events behind them.
+describe('SocketWriter over maxQueuedBytesPerPrincipal', () => {
+  const detail = 'x'.repeat(16 * 1024);
+  const bigItem = (taskId: string, seq: number) =>
+    ({
+      taskId,
+      seq,
+      time: 1,
+      type: 'item',
+      item: { key: `k${seq}`, ok: true, detail },
+      progress: { total: null, done: seq, succeeded: seq, failed: 0 },
+    }) as unknown as TaskEvent;
+  const log = { wrote: () => undefined } as unknown as WrittenLog;
+
+  it("keeps a principal's queued frames over all its stalled sockets within its budget; another principal is unaffected", () => {
+    const budget = 1024 * 1024;
+    const limits = new PrincipalLimits({
+      maxSockets: 100,
+      maxSubscriptions: 1000,
+      ratePerSecond: 500,
+      maxQueuedBytes: budget,
+      clock: Date.now,
+    });
+    const writerOf = (principalId: string) => {
+      const made = writerOver(1024, 10_000, (delta) => limits.addQueuedBytes(principalId, delta));
+      made.ws.bufferedAmount = 4096;
+      return made;
+    };
+    const alice = [writerOf('alice'), writerOf('alice'), writerOf('alice'), writerOf('alice')];
+    const bob = writerOf('bob');
+    // 4 sockets of 40 items of 16 KiB: 2.6 MB for alice, each socket far below its own 16 MiB.
+    for (let seq = 1; seq <= 40; seq++) {
+      for (const { writer } of alice) writer.pushEvent(bigItem('a', seq), log);
+      bob.writer.pushEvent(bigItem('b', seq), log);
+      expect(limits.usage('alice').queuedBytes).toBeLessThanOrEqual(budget);
+    }
+    const ended = alice.filter(({ overflows }) => overflows() > 0).length;
+    expect(ended).toBeGreaterThanOrEqual(2);
+    expect(ended).toBeLessThan(alice.length);
+    expect(limits.usage('alice').queuedBytes).toBeGreaterThan(budget / 2);
+    // Bob's 40 items (655 KB) are his own budget's, whatever alice holds.
+    expect(bob.overflows()).toBe(0);
+    expect(limits.usage('bob').queuedBytes).toBeGreaterThan(40 * 16 * 1024);
+
+    // What a socket drains and what a closed socket held are given back.
+    bob.ws.bufferedAmount = 0;
+    bob.writer.drain();
+    expect(limits.usage('bob').queuedBytes).toBe(0);
+    for (const { writer } of alice) writer.stop();
+    bob.writer.stop();
+    expect(limits.usage('alice').queuedBytes).toBe(0);
   });
 });

@@ -77,6 +77,12 @@ export interface WriterContext {
   guard(fn: () => void): void;
   /** The written-frame log of the subscription of `taskId`, if the socket follows it. */
   log(taskId: string): WrittenLog | undefined;
+  /**
+   * The socket's queue weighs `delta` bytes more (less when negative) than when it last said; `false` when
+   * that took its principal past `maxQueuedBytesPerPrincipal` (the socket then ends, as past
+   * `maxQueuedBytes`). Absent: no bound over the principal's sockets.
+   */
+  queuedBytes?: ((delta: number) => boolean) | undefined;
   /** The queue outgrew `maxQueuedFrames` or `maxQueuedBytes` (called once): the socket must end. */
   overflow(): void;
 }
@@ -112,6 +118,8 @@ export class SocketWriter {
   #overflowed = false;
   /** Deliveries the socket's subscriptions hold for a renewal's re-check (see {@link hold}). */
   #held = 0;
+  /** The queue's weight as last told to the principal's budget (`WriterContext.queuedBytes`). */
+  #reportedBytes = 0;
 
   constructor(ctx: WriterContext) {
     this.#ctx = ctx;
@@ -156,6 +164,7 @@ export class SocketWriter {
     this.#queue.untrack(taskId);
     this.#resets.delete(taskId);
     this.#retries.forget(taskId);
+    this.#reportBytes();
   }
 
   /**
@@ -188,8 +197,23 @@ export class SocketWriter {
    */
   #checkBound(): void {
     const { maxQueuedFrames, maxQueuedBytes } = this.#ctx.options;
-    if (this.#queue.size <= maxQueuedFrames && this.#queue.bytes <= maxQueuedBytes) return;
+    if (this.#queue.size <= maxQueuedFrames && this.#queue.bytes <= maxQueuedBytes && this.#reportBytes())
+      return;
     this.overflow();
+  }
+
+  /**
+   * Tells the principal's budget how much the queue's weight changed since it last did: one number per
+   * call, so the sum over the principal's sockets costs O(1) per push and per drain, never a scan of the
+   * frames. `false` when a growth took the principal past its bound. Called after each push, at the end of
+   * each drain (what a drain sends meanwhile is still counted: the budget errs on the full side), and when
+   * the queue is cleared.
+   */
+  #reportBytes(): boolean {
+    const delta = this.#queue.bytes - this.#reportedBytes;
+    if (delta === 0) return true;
+    this.#reportedBytes = this.#queue.bytes;
+    return this.#ctx.queuedBytes?.(delta) ?? true;
   }
 
   /**
@@ -215,6 +239,7 @@ export class SocketWriter {
     this.#overflowed = true;
     this.#queue.clear();
     this.#resets.clear();
+    this.#reportBytes();
     this.#ctx.overflow();
   }
 
@@ -258,6 +283,7 @@ export class SocketWriter {
           this.#ctx.guard(() => this.drain());
         }, this.#ctx.options.backpressurePollMs);
         this.#drainTimer.unref();
+        this.#reportBytes();
         return;
       }
       const reset = this.#resets.values().next().value;
@@ -271,6 +297,7 @@ export class SocketWriter {
       this.#sendEntry(entry);
     }
     this.#congested = false;
+    this.#reportBytes();
   }
 
   /**
@@ -388,6 +415,7 @@ export class SocketWriter {
     this.#queue.clear();
     this.#retries.close();
     this.#resets.clear();
+    this.#reportBytes();
   }
 
   #sendEntry(entry: OutgoingEntry): void {
