@@ -450,6 +450,44 @@ describe('delivery', () => {
     await client.close();
   });
 
+  it('a watch of a task id kept only for its end\'s ack asks the server too: the id may name a new run', async () => {
+    // The handle closed at the end; the end's ack went out, and the socket was lost before the heartbeat that
+    // confirms it: the task is kept, handle-less, its ack owed again on the next socket. Meanwhile the id is
+    // purged and created again. Until 7 December 2026 the next watch of the id shared that subscription and
+    // showed the old run's end at once (the chaos suite's `callback of another run`, a re-created id on a
+    // client reconnecting).
+    const { client, server, scheduler, socket, task, watch } = subscribed();
+    socket.push(snap(task.view()));
+    socket.push(ev(task.end()));
+    expect((await watch.done).seq).toBe(1);
+    watch.close();
+    expect(socket.frames('ack')).toEqual([{ type: 'ack', taskId: 't1', seq: 1 }]);
+    socket.serverClose(1006);
+    const rerun = new FakeTask('t1', 3);
+    const again = client.watch('t1');
+    const log = record(again);
+    let settled = false;
+    void again.done.then(() => {
+      settled = true;
+    });
+    await flush();
+    expect(settled).toBe(false);
+    expect(again.getSnapshot()).toMatchObject({ seq: 0, finished: false });
+    await scheduler.advance(1000);
+    const next = server.accept();
+    // One subscribe, the new watch's, from nothing: no ack of the old run is sent on the new socket.
+    expect(next.frames('subscribe')).toEqual([{ type: 'subscribe', taskId: 't1', afterSeq: 0 }]);
+    next.push(snap(rerun.view()));
+    next.push(ev(rerun.item('a')));
+    expect(log).toEqual(['snapshot@0', 'item@1']);
+    expect(next.frames('ack')).toEqual([]);
+    // The old handle keeps its run's end.
+    expect(watch.getSnapshot()).toMatchObject({ status: 'completed', seq: 1 });
+    next.push(ev(rerun.end()));
+    expect((await again.done).seq).toBe(2);
+    await client.close();
+  });
+
   it('lets go of a task whose end was acknowledged once a heartbeat no longer lists it: a long-lived client keeps none of them', async () => {
     // A service watching one job after another (`await client.watch(id).done`, the handle never closed).
     // Until 6 December 2026 each one stayed in the client with its handle, its listeners and its listener

@@ -162,10 +162,14 @@ export class ProgressClient extends SafeEmitter<ProgressClientEvents> {
     // watch asks the server. The old handles are ended as the client's close() ends them (they keep their
     // final state), since nothing reaches them once the id names the new subscription. (A task in the map
     // that wants no socket is one whose end was acknowledged, on the socket or over a fallback stream: a
-    // failed one leaves the map.)
-    const fresh = !task?.wantsSocket;
+    // failed one leaves the map.) Nor one kept, handle-less, only for its end's ack (owed again on the next
+    // socket when the last one was lost before the heartbeat that confirms it): until 7 December 2026 the
+    // new watch shared it, and showed the old run's end for a run created again under the purged id (the
+    // chaos suite's re-created ids). Its owed ack goes with it: the new watch's subscribe is answered with
+    // the task's end, which it acknowledges, when the id still names that run.
+    const fresh = !task?.wantsSocket || (task.cursor.finished && !task.task.handles.size);
     if (fresh) {
-      task?.task.fail(undefined, false);
+      task?.fail(undefined, false);
       task = new TaskSubscription(taskId, this.#o, this.#taskHost);
       this.#tasks.set(taskId, task);
       task.adoptEpoch(this.#epoch);
