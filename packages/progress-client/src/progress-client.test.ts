@@ -450,7 +450,7 @@ describe('delivery', () => {
     await client.close();
   });
 
-  it('a watch of a task id kept only for its end\'s ack asks the server too: the id may name a new run', async () => {
+  it("a watch of a task id kept only for its end's ack asks the server too: the id may name a new run", async () => {
     // The handle closed at the end; the end's ack went out, and the socket was lost before the heartbeat that
     // confirms it: the task is kept, handle-less, its ack owed again on the next socket. Meanwhile the id is
     // purged and created again. Until 7 December 2026 the next watch of the id shared that subscription and
