@@ -1,4 +1,4 @@
-import { ErrorCode, MemoryProgressStore } from '@finishline/core';
+import { ErrorCode, MemoryProgressStore, ProgressError } from '@finishline/core';
 import { ManualClock } from '@finishline/core/testing';
 import { describe, expect, it } from 'vitest';
 import { ProgressServer } from '../progress-server.js';
@@ -136,6 +136,29 @@ describe('leases', () => {
     const log = await store.readEvents(task.id, 0);
     expect(log.map((event) => event.type)).toEqual(['progress', 'item']);
     await store.append(task.id, { type: 'completed' }, { owner: 'replica-thief' });
+  });
+
+  it('a task its own server reaped (it stopped renewing): the handle tells how it ended when its signal aborts, without a read', async () => {
+    const clock = new ManualClock();
+    const store = new MemoryProgressStore({ clock: clock.now });
+    const server = replica(store, 'replica-a');
+    const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    const seen: string[] = [];
+    task.signal.addEventListener('abort', () => seen.push(`${task.finished} ${task.status}`));
+    // The store answers no read from now on: the reap's own result is all the server has.
+    store.getTask = async () => {
+      throw new ProgressError(ErrorCode.StoreUnavailable, 'connection reset');
+    };
+    clock.advance(1000);
+    expect(await server.leases.reap()).toHaveLength(1);
+    expect(seen).toEqual(['true interrupted']);
+    await new Promise((resolve) => setTimeout(resolve, 10));
+    expect(task.status).toBe('interrupted');
+    expect(task.task).toMatchObject({ status: 'interrupted', seq: 1 });
+    await expect(task.item({ key: 'late', ok: true })).rejects.toMatchObject({
+      code: ErrorCode.TaskFinished,
+      message: expect.stringContaining('(interrupted)'),
+    });
   });
 
   it('keeps the lease across a store outage shorter than the lease', async () => {

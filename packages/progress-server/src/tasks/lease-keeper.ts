@@ -200,13 +200,17 @@ export class LeaseKeeper {
         { taskId: result.event.taskId, seq: result.event.seq },
         'expired lease reaped: task interrupted',
       );
-      if (this.#owned.delete(result.event.taskId)) this.#notifyLost(result.event.taskId, undefined);
+      const owned = this.#owned.delete(result.event.taskId);
+      // Published first: the reaped row goes into the task's handle before it learns it lost the task. Told
+      // first, the handle's signal aborted while its status still said `running`, and stayed so when the
+      // re-read that followed failed (a store answering the reap but not the read).
       try {
         this.#options.onReaped(result);
       } catch (error) {
         metrics.handlerErrors.inc();
         logger.error({ err: describeError(error) }, 'publishing a reaped task failed');
       }
+      if (owned) this.#notifyLost(result.event.taskId, undefined);
     }
     return results;
   }
