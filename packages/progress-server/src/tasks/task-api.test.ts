@@ -1,5 +1,5 @@
 import type { AppendInput } from '@finishline/core';
-import { MemoryProgressStore } from '@finishline/core';
+import { ErrorCode, MemoryProgressStore, ProgressError } from '@finishline/core';
 import { afterEach, describe, expect, it } from 'vitest';
 import { ProgressServer } from '../progress-server.js';
 import { gate } from '../testing/harness.js';
@@ -113,6 +113,49 @@ describe("an owned task's signal", () => {
     expect(task.signal.aborted).toBe(true);
     expect(task.signal.reason).toMatchObject({ code: 'closed' });
     await closing;
+  });
+});
+
+describe('a handle after close()', () => {
+  it('its interrupt at shutdown answered past the deadline: the handle ends with it, and says so', async () => {
+    const { server, holdAppends } = setup();
+    const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    const answer = gate();
+    holdAppends(answer.promise);
+    // The interrupt commits at once; its answer comes after close() stopped waiting and forgot the task.
+    await server.close({ timeoutMs: 50 });
+    answer.open();
+    await new Promise((resolve) => setTimeout(resolve, 10));
+    expect(task.finished).toBe(true);
+    expect(task.status).toBe('interrupted');
+    await expect(task.fail('late')).rejects.toMatchObject({ code: 'task_finished' });
+  });
+
+  it('its interrupt at shutdown refused (an outage), the task ended elsewhere since: a late append ends the handle', async () => {
+    const store = new MemoryProgressStore();
+    const append = store.append.bind(store);
+    let outage = false;
+    store.append = (taskId, input, fence) =>
+      outage
+        ? Promise.reject(new ProgressError(ErrorCode.StoreUnavailable, 'down'))
+        : append(taskId, input, fence);
+    const server = new ProgressServer({ store, authenticate: () => null });
+    servers.push(server);
+    const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    outage = true;
+    await server.close({ timeoutMs: 200 });
+    outage = false;
+    // A reaper elsewhere ended it once its lease expired.
+    await append(task.id, { type: 'interrupted', reason: 'lease expired' });
+    expect(task.finished).toBe(false);
+    await expect(task.item({ key: 'late', ok: true })).rejects.toMatchObject({ code: 'task_finished' });
+    expect(task.finished).toBe(true);
+    await new Promise((resolve) => setTimeout(resolve, 10));
+    expect(task.status).toBe('interrupted');
+    await expect(task.fail('late')).rejects.toMatchObject({
+      code: 'task_finished',
+      message: expect.stringContaining('(interrupted)'),
+    });
   });
 });
 

@@ -378,9 +378,11 @@ export class TaskApi {
     } catch (error) {
       settled();
       if (isProgressError(error, ErrorCode.TaskFinished)) {
-        const owned = this.#owned.get(taskId);
+        const control = this.#writer(taskId, fence);
         this.#ended(taskId);
-        void this.#refresh(owned?.control, taskId);
+        // Not owned any more (forgotten by shutdown, its interrupt refused): its run ended all the same.
+        control?.ended();
+        void this.#refresh(control, taskId);
       } else if (fence?.handle !== undefined && isProgressError(error, ErrorCode.TaskNotFound)) {
         this.#runGone(taskId, fence);
       } else if (fence?.handle !== undefined && isProgressError(error, ErrorCode.LeaseHeld)) {
@@ -390,7 +392,7 @@ export class TaskApi {
       throw error;
     }
     try {
-      this.#owned.get(taskId)?.control.update(result.task);
+      this.#writer(taskId, fence)?.update(result.task);
       // Same tick as the commit: local watchers get it without waiting for the feed.
       this.#hub.publishLocal(result.event, result.task.createdAt);
     } finally {
@@ -398,6 +400,16 @@ export class TaskApi {
     }
     if (isTerminalEvent(result.event)) this.#ended(taskId);
     return result.event;
+  }
+
+  /**
+   * The control of the handle an append comes from, else of the owned task's handle. The writing handle's
+   * own, not the owned one: shutdown forgets the tasks whose interrupt the store refused or answered past
+   * the deadline, and the result of that interrupt (or of a later append of the handle) went nowhere: the
+   * handle said `running` after its task ended, and refused appends left `finished` false.
+   */
+  #writer(taskId: string, fence: AppendFence | undefined): TaskHandleControl | undefined {
+    return fence?.handle === undefined ? this.#owned.get(taskId)?.control : this.#controls.get(fence.handle);
   }
 
   /**
