@@ -139,6 +139,14 @@ class TaskStore implements Store {
   #watch: Watch | undefined;
   /** The state shown when the client was closed before this store could open its watch. */
   #closed: WatchState | null = null;
+  /**
+   * The final state its watch showed, kept when the last unsubscribe closes it: a component hidden by
+   * `<Activity>` (its subscriptions are let go of) and shown again shows it still, as it would have had
+   * it stayed visible, without a watch. Until 7 December 2026 it showed `null`, then the `running` state
+   * at seq 0 of a new watch until the server answered, and a `task_not_found` instead of the end once the
+   * task was purged.
+   */
+  #final: WatchState | undefined;
   #listeners = 0;
 
   constructor(client: ProgressClient, taskId: string) {
@@ -157,6 +165,7 @@ class TaskStore implements Store {
   readonly subscribe = (onChange: () => void): (() => void) => {
     const stores = openStores.get(this.#client) ?? new Map<string, TaskStore>();
     if (this.#watch === undefined) {
+      if (this.#final) return () => undefined;
       try {
         this.#watch = this.#client.watch(this.#taskId);
       } catch (error) {
@@ -186,6 +195,8 @@ class TaskStore implements Store {
       this.#listeners--;
       queueMicrotask(() => {
         if (this.#listeners > 0) return;
+        const state = this.#watch?.getSnapshot();
+        if (state?.finished) this.#final = state;
         this.#watch?.close();
         this.#watch = undefined;
         if (stores.get(this.#taskId) === this) stores.delete(this.#taskId);
@@ -193,5 +204,5 @@ class TaskStore implements Store {
     };
   };
 
-  readonly getSnapshot = (): WatchState | null => this.#watch?.getSnapshot() ?? this.#closed;
+  readonly getSnapshot = (): WatchState | null => this.#watch?.getSnapshot() ?? this.#final ?? this.#closed;
 }
