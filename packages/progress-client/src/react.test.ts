@@ -284,6 +284,43 @@ describe(`useTask (React ${version})`, () => {
     },
   );
 
+  it.skipIf(Activity === undefined)(
+    'a component showing a running task, hidden by <Activity> and shown again, shows what it showed until the server answers, not null or seq 0',
+    async () => {
+      const { client, server, root } = rooted();
+      const task = new FakeTask('t1', 5);
+      const renders: string[] = [];
+      const tree = (mode: 'visible' | 'hidden') =>
+        strict(
+          client,
+          createElement(
+            Activity,
+            { mode } as ComponentProps<typeof Activity>,
+            createElement(Logged, { taskId: 't1', renders }),
+          ),
+        );
+      await act(async () => root.render(tree('visible')));
+      const socket = server.accept();
+      for (const key of ['a', 'b']) task.item(key);
+      await act(async () => socket.push({ type: 'snapshot', task: task.view() }));
+      expect(renders.at(-1)).toBe('t1@2');
+      // Hidden: the watch closes (the task is unsubscribed); shown again: a new watch subscribes.
+      await act(async () => root.render(tree('hidden')));
+      expect(socket.frames('unsubscribe')).toEqual([{ type: 'unsubscribe', taskId: 't1' }]);
+      task.item('c');
+      renders.length = 0;
+      await act(async () => root.render(tree('visible')));
+      expect(socket.frames('subscribe').filter((frame) => frame.taskId === 't1')).toHaveLength(2);
+      await act(async () => socket.push({ type: 'snapshot', task: task.view() }));
+      // Before: `null`, then seq 0 (nothing known: the bar back at its start) until the server answered.
+      expect(renders).not.toContain('null');
+      expect(renders).not.toContain('t1@0');
+      expect(renders.at(-1)).toBe('t1@3');
+      await act(async () => root.unmount());
+      await client.close();
+    },
+  );
+
   it('an empty id watches nothing, as null does: the skip pattern of an id not known yet (a form field, a query parameter)', async () => {
     const { client, server, container, root } = rooted();
     const render = (taskId: string) =>
