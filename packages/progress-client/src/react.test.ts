@@ -1,5 +1,13 @@
 // @vitest-environment happy-dom
-import { act, createElement, type ReactNode, StrictMode, version } from 'react';
+import {
+  Activity,
+  act,
+  type ComponentProps,
+  createElement,
+  type ReactNode,
+  StrictMode,
+  version,
+} from 'react';
 import { createRoot, hydrateRoot } from 'react-dom/client';
 import { renderToString } from 'react-dom/server';
 import { afterEach, beforeAll, describe, expect, it } from 'vitest';
@@ -237,6 +245,81 @@ describe(`useTask (React ${version})`, () => {
     expect(renders.at(-1)).toBe('t2@0 fatal');
     await act(async () => root.unmount());
   });
+
+  // <Activity> is React 19.2's: under React 18 the import is undefined.
+  it.skipIf(Activity === undefined)(
+    'a component showing a finished task, hidden by <Activity> and shown again, shows its end still and asks the server nothing',
+    async () => {
+      const { client, server, root } = rooted();
+      const task = new FakeTask('t1', 1);
+      const renders: string[] = [];
+      const tree = (mode: 'visible' | 'hidden') =>
+        strict(
+          client,
+          createElement(
+            Activity,
+            { mode } as ComponentProps<typeof Activity>,
+            createElement(Logged, { taskId: 't1', renders }),
+          ),
+        );
+      await act(async () => root.render(tree('visible')));
+      const socket = server.accept();
+      await act(async () => socket.push({ type: 'snapshot', task: task.view() }));
+      await act(async () => socket.push({ type: 'event', event: task.end('completed') }));
+      expect(renders.at(-1)).toBe('t1@1');
+      // Hidden, its subscription is let go of (the watch closes); shown again, it subscribes again.
+      await act(async () => root.render(tree('hidden')));
+      renders.length = 0;
+      await act(async () => root.render(tree('visible')));
+      // Before: `null`, then the `running` state at seq 0 of a new watch until the server answered, and
+      // `task_not_found` in place of the end once the task was purged.
+      expect(renders).toEqual(['t1@1', 't1@1']);
+      await act(async () =>
+        socket.push({ type: 'error', taskId: 't1', code: 'task_not_found', message: 'purged' } as never),
+      );
+      expect(renders.at(-1)).toBe('t1@1');
+      expect(socket.frames('subscribe').filter((frame) => frame.taskId === 't1')).toHaveLength(1);
+      await act(async () => root.unmount());
+      await client.close();
+    },
+  );
+
+  it.skipIf(Activity === undefined)(
+    'a component showing a running task, hidden by <Activity> and shown again, shows what it showed until the server answers, not null or seq 0',
+    async () => {
+      const { client, server, root } = rooted();
+      const task = new FakeTask('t1', 5);
+      const renders: string[] = [];
+      const tree = (mode: 'visible' | 'hidden') =>
+        strict(
+          client,
+          createElement(
+            Activity,
+            { mode } as ComponentProps<typeof Activity>,
+            createElement(Logged, { taskId: 't1', renders }),
+          ),
+        );
+      await act(async () => root.render(tree('visible')));
+      const socket = server.accept();
+      for (const key of ['a', 'b']) task.item(key);
+      await act(async () => socket.push({ type: 'snapshot', task: task.view() }));
+      expect(renders.at(-1)).toBe('t1@2');
+      // Hidden: the watch closes (the task is unsubscribed); shown again: a new watch subscribes.
+      await act(async () => root.render(tree('hidden')));
+      expect(socket.frames('unsubscribe')).toEqual([{ type: 'unsubscribe', taskId: 't1' }]);
+      task.item('c');
+      renders.length = 0;
+      await act(async () => root.render(tree('visible')));
+      expect(socket.frames('subscribe').filter((frame) => frame.taskId === 't1')).toHaveLength(2);
+      await act(async () => socket.push({ type: 'snapshot', task: task.view() }));
+      // Before: `null`, then seq 0 (nothing known: the bar back at its start) until the server answered.
+      expect(renders).not.toContain('null');
+      expect(renders).not.toContain('t1@0');
+      expect(renders.at(-1)).toBe('t1@3');
+      await act(async () => root.unmount());
+      await client.close();
+    },
+  );
 
   it('an empty id watches nothing, as null does: the skip pattern of an id not known yet (a form field, a query parameter)', async () => {
     const { client, server, container, root } = rooted();

@@ -139,6 +139,17 @@ class TaskStore implements Store {
   #watch: Watch | undefined;
   /** The state shown when the client was closed before this store could open its watch. */
   #closed: WatchState | null = null;
+  /**
+   * The state it showed when the last unsubscribe closed its watch: a component hidden by `<Activity>`
+   * (its subscriptions are let go of) and shown again shows it still, as it would have had it stayed
+   * visible. A final state for good, without a watch; any other until the new watch knows more than
+   * nothing (see `#blank`). Until 7 December 2026 it showed `null`, then the `running` state at seq 0 of
+   * a new watch until the server answered (the bar back at its start), and for an ended task a
+   * `task_not_found` in place of its end once the task was purged.
+   */
+  #last: WatchState | undefined;
+  /** The new watch's first state when it knew nothing (seq 0): `#last` is shown while it stays. */
+  #blank: WatchState | undefined;
   #listeners = 0;
 
   constructor(client: ProgressClient, taskId: string) {
@@ -157,6 +168,7 @@ class TaskStore implements Store {
   readonly subscribe = (onChange: () => void): (() => void) => {
     const stores = openStores.get(this.#client) ?? new Map<string, TaskStore>();
     if (this.#watch === undefined) {
+      if (this.#last?.finished) return () => undefined;
       try {
         this.#watch = this.#client.watch(this.#taskId);
       } catch (error) {
@@ -176,6 +188,8 @@ class TaskStore implements Store {
         });
         return () => undefined;
       }
+      const first = this.#watch.getSnapshot();
+      if (first.seq === 0) this.#blank = first;
       openStores.set(this.#client, stores);
       if (!stores.get(this.#taskId)?.live) stores.set(this.#taskId, this);
     }
@@ -186,12 +200,18 @@ class TaskStore implements Store {
       this.#listeners--;
       queueMicrotask(() => {
         if (this.#listeners > 0) return;
+        this.#last = this.getSnapshot() ?? undefined;
         this.#watch?.close();
-        this.#watch = undefined;
+        this.#watch = this.#blank = undefined;
         if (stores.get(this.#taskId) === this) stores.delete(this.#taskId);
       });
     };
   };
 
-  readonly getSnapshot = (): WatchState | null => this.#watch?.getSnapshot() ?? this.#closed;
+  readonly getSnapshot = (): WatchState | null => {
+    const state = this.#watch?.getSnapshot();
+    if (state !== undefined && state !== this.#blank) return state;
+    // A closed client's state before any kept one: the component's task is not followed any more.
+    return this.#closed ?? this.#last ?? state ?? null;
+  };
 }
