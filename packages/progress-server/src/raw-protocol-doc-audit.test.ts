@@ -845,3 +845,57 @@ describe('the socket cap at the upgrade (doc: Close codes, 4009)', () => {
     ]);
   });
 });
+
+describe('subscribes pipelined behind auth (doc: Before authentication, Limits)', () => {
+  /** A subscribe as the document sizes them: a task id of 128 characters, a seq of 16 digits. */
+  const subscribe = (id: string, index: number) => ({
+    type: 'subscribe',
+    id,
+    taskId: String(index).padStart(128, 't'),
+    afterSeq: Number.MAX_SAFE_INTEGER,
+  });
+  /** A socket whose `auth` frame is checked for 300 ms, `frames` sent right behind it. */
+  const pipelined = async (frames: Frame[]) => {
+    await start({
+      maxSubscriptionsPerSocket: 200,
+      authenticateToken: async (token: string) => {
+        await new Promise((resolve) => setTimeout(resolve, 300));
+        return { id: token };
+      },
+    });
+    const client = await unauthenticated(['finishline.v2']);
+    client.send({ type: 'auth', token: 'alice', protocol: 2 });
+    for (const frame of frames) client.send(frame);
+    return client;
+  };
+
+  it('200 fit in the 64 KiB held with ASCII ids at the length limits (260 bytes each)', async () => {
+    const frames = Array.from({ length: 200 }, (_, i) => subscribe(String(i).padStart(64, 'r'), i));
+    expect(JSON.stringify(frames[0])).toHaveLength(260);
+    const client = await pipelined(frames);
+    await client.next((f) => f.requestId === String(199).padStart(64, 'r'));
+    expect(client.frames.filter((f) => f.type === 'error').map((f) => f.code)).toEqual(
+      new Array(200).fill('task_not_found'),
+    );
+  });
+
+  it('of the largest (580 bytes, every id character escaped), 112 fit; a 113th closes with 1008', async () => {
+    // Control characters JSON escapes as \u00XX (6 bytes), not \b \t \n \f \r; the last two tell ids apart.
+    const sixBytes = [1, 2, 3, 4, 5, 6, 7, 11, 14, 15, 16, 17, 18, 19, 20].map((c) => String.fromCharCode(c));
+    const escaped = (i: number) =>
+      '\u0001'.repeat(62) + sixBytes[Math.floor(i / sixBytes.length)] + sixBytes[i % sixBytes.length];
+    const frames = Array.from({ length: 113 }, (_, i) => subscribe(escaped(i), i));
+    expect(Buffer.byteLength(JSON.stringify(frames[0]))).toBe(580);
+    const held = await pipelined(frames.slice(0, 112));
+    await held.next((f) => f.requestId === escaped(111));
+    expect(held.frames.filter((f) => f.type === 'error')).toHaveLength(112);
+    await held.close();
+    await session.env?.close();
+    const refused = await pipelined(frames);
+    expect(await refused.closed).toEqual({
+      code: 1008,
+      reason: 'too many frames before authentication completed',
+    });
+    expect(refused.frames).toEqual([]);
+  });
+});
