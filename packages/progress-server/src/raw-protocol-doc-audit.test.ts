@@ -899,3 +899,32 @@ describe('subscribes pipelined behind auth (doc: Before authentication, Limits)'
     expect(refused.frames).toEqual([]);
   });
 });
+
+describe('CORS headers are those of routes (doc: HTTP API, CORS)', () => {
+  it('an allowed Origin gets them on every answer of a route, and none on a path that is no route', async () => {
+    await start();
+    const origin = { origin: 'https://app.example.com' };
+    const preflight = { ...origin, 'access-control-request-method': 'GET' };
+    const answers = {
+      error: await http('GET', '/progress/tasks/nope', { headers: { ...origin, ...bearer() } }),
+      unauthenticated: await http('GET', '/progress/tasks', { headers: origin }),
+      noRoute: await http('GET', '/progress/nope', { headers: { ...origin, ...bearer() } }),
+      webSocketPath: await http('GET', '/progress', { headers: { ...origin, ...bearer() } }),
+      noRoutePreflight: await http('OPTIONS', '/progress/nope', { headers: preflight }),
+    };
+    expect(
+      Object.fromEntries(
+        Object.entries(answers).map(([name, a]) => [
+          name,
+          [a.status, a.headers['access-control-allow-origin'] ?? null],
+        ]),
+      ),
+    ).toEqual({
+      error: [404, 'https://app.example.com'],
+      unauthenticated: [401, 'https://app.example.com'],
+      noRoute: [404, null],
+      webSocketPath: [426, null],
+      noRoutePreflight: [404, null],
+    });
+  });
+});
