@@ -928,3 +928,31 @@ describe('CORS headers are those of routes (doc: HTTP API, CORS)', () => {
     });
   });
 });
+
+describe("the example session's refusals and its auth frame (doc: Example session)", () => {
+  it('are answered with the frames shown, but for times and the server id', async () => {
+    const shown = sessionFrames();
+    const from = shown.findIndex(([, f]) => f.id === 's3');
+    const { server } = await start({ revealTaskExistence: true, heartbeatIntervalMs: 15_000 });
+    await server.tasks.create({ id: 'someone-elses-task', owner: 'bob', kind: 'batch_taint' });
+    const client = await connect('alice', ['finishline.v1']);
+    const ignore = (f: Frame): Frame => ({ ...f, ...(typeof f.time === 'number' ? { time: 0 } : {}) });
+    // s3, s4, p1, and the auth frame of a browser that cannot send the cookie.
+    expect(shown.length - from).toBe(8);
+    for (let index = from; index + 1 < shown.length; index += 2) {
+      const [toServer, request] = shown[index]!;
+      const [toClient, answer] = shown[index + 1]!;
+      expect([toServer, toClient]).toEqual(['→', '←']);
+      if (request.type === 'auth') {
+        const other = await session.unauthenticated(['finishline.v1']);
+        other.send(request);
+        const hello = await other.next((f) => f.type === 'hello');
+        expect({ ...hello, serverId: 'replica-b' }).toEqual(answer);
+        continue;
+      }
+      const at = client.frames.length;
+      client.send(request);
+      expect(ignore(await client.next((f) => f.type !== 'heartbeat', at))).toEqual(ignore(answer));
+    }
+  });
+});
