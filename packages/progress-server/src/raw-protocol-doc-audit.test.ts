@@ -956,3 +956,38 @@ describe("the example session's refusals and its auth frame (doc: Example sessio
     }
   });
 });
+
+describe('refused upgrade credentials on a server that takes auth frames (doc: Authentication 1)', () => {
+  it('a refused cookie opens the socket to wait for auth (4004 without one); a refused bearer token is a 401', async () => {
+    await start({
+      authenticate: (req) => (req.headers.cookie === 'sid=good' ? { id: 'alice' } : null),
+      authTimeoutMs: 300,
+    });
+    const open = (headers: Record<string, string>) => {
+      const client = new Raw(session.env!.wsUrl, { headers, protocols: ['finishline.v2'] });
+      clients.push(client);
+      return client;
+    };
+    const cookie = open({ cookie: 'sid=good' });
+    expect((await cookie.next((f) => f.type === 'hello')).type).toBe('hello');
+    const silent = open({ cookie: 'sid=expired' });
+    await silent.open;
+    expect(await silent.closed).toEqual({ code: 4004, reason: 'no auth frame in time' });
+    expect(silent.frames).toEqual([]);
+    const renewed = open({ cookie: 'sid=expired' });
+    await renewed.open;
+    renewed.send({ type: 'auth', token: 'alice', protocol: 2 });
+    expect(await renewed.next((f) => f.type === 'hello')).toMatchObject({ type: 'hello', protocol: 2 });
+    const bearerRefused = await http('GET', '/progress', {
+      headers: {
+        connection: 'Upgrade',
+        upgrade: 'websocket',
+        'sec-websocket-version': '13',
+        'sec-websocket-key': 'dGhlIHNhbXBsZSBub25jZQ==',
+        'sec-websocket-protocol': 'finishline.v2',
+        authorization: 'Bearer bad',
+      },
+    });
+    expect([bearerRefused.status, bearerRefused.json().error.code]).toEqual([401, 'unauthenticated']);
+  });
+});
