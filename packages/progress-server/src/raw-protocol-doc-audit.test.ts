@@ -9,7 +9,7 @@ import { WebSocketServer } from 'ws';
 import { ProgressServer } from './progress-server.js';
 import { epochHeldStore } from './testing/harness.js';
 import { bearer, jsonHeaders, RAW_SOCKET_SERVER_OPTIONS } from './testing/raw-http.js';
-import { errorOf, eventAt, rawSession } from './testing/raw-session.js';
+import { errorOf, eventAt, holdTaskReads, rawSession } from './testing/raw-session.js';
 import { type Frame, Raw } from './testing/raw-socket.js';
 
 /**
@@ -989,5 +989,22 @@ describe('refused upgrade credentials on a server that takes auth frames (doc: A
       },
     });
     expect([bearerRefused.status, bearerRefused.json().error.code]).toEqual([401, 'unauthenticated']);
+  });
+});
+
+describe('subscribes joined to one load (doc: subscribe)', () => {
+  it('a refusal answers at most 64 distinct ids per load, the latest ones', async () => {
+    const { store } = await start();
+    const release = holdTaskReads(store);
+    const client = await connect();
+    const ids = Array.from({ length: 70 }, (_, i) => `s${i}`);
+    for (const id of ids) client.send({ type: 'subscribe', id, taskId: 'missing', afterSeq: 0 });
+    await client.sync();
+    release();
+    await client.next((f) => f.type === 'error' && f.requestId === 's69');
+    await client.sync();
+    expect(client.about('missing').map((f) => [f.code, f.requestId])).toEqual(
+      ids.slice(-64).map((id) => ['task_not_found', id]),
+    );
   });
 });
