@@ -1008,3 +1008,37 @@ describe('subscribes joined to one load (doc: subscribe)', () => {
     );
   });
 });
+
+describe('the names the document tells a TypeScript client to import (doc: introduction, Delivery rules, Errors)', () => {
+  it('each is exported by the entry the document names', async () => {
+    const entries = {
+      '@finishline/core': await import('@finishline/core'),
+      '@finishline/core/internal': await import('@finishline/core/internal'),
+    };
+    const named: Array<[string, keyof typeof entries]> = [
+      ['PROTOCOL_NAME', '@finishline/core'],
+      ['PROTOCOL_NAME_V1', '@finishline/core'],
+      ['PROTOCOL_VERSION', '@finishline/core'],
+      ['PROTOCOL_VERSIONS', '@finishline/core'],
+      ['LIMITS', '@finishline/core'],
+      ['ID_PATTERN', '@finishline/core'],
+      ['SSE_ID_SEPARATOR', '@finishline/core'],
+      ['FATAL_CLOSE_CODES', '@finishline/core'],
+      ['decodeServerFrame', '@finishline/core/internal'],
+      ['decodeClientFrame', '@finishline/core/internal'],
+      ['encodeFrame', '@finishline/core/internal'],
+      ['WatchCursor', '@finishline/core/internal'],
+      ['SSE_END_MARK', '@finishline/core/internal'],
+      ['TERMINAL_RETRY_DEFAULTS', '@finishline/core/internal'],
+    ];
+    for (const [name, entry] of named) {
+      expect([name, doc.includes(`\`${name}\``), name in entries[entry]]).toEqual([name, true, true]);
+    }
+    for (const name of ['WatchCursor', 'decodeServerFrame', 'TERMINAL_RETRY_DEFAULTS']) {
+      expect([name, new RegExp(`\`${name}\`[^.]{0,40}\`@finishline/core\``).test(doc)]).toEqual([
+        name,
+        false,
+      ]);
+    }
+  });
+});
