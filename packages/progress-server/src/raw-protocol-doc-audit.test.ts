@@ -9,7 +9,7 @@ import { WebSocketServer } from 'ws';
 import { ProgressServer } from './progress-server.js';
 import { epochHeldStore } from './testing/harness.js';
 import { bearer, jsonHeaders, RAW_SOCKET_SERVER_OPTIONS } from './testing/raw-http.js';
-import { errorOf, eventAt, rawSession } from './testing/raw-session.js';
+import { errorOf, eventAt, holdTaskReads, rawSession } from './testing/raw-session.js';
 import { type Frame, Raw } from './testing/raw-socket.js';
 
 /**
@@ -843,5 +843,202 @@ describe('the socket cap at the upgrade (doc: Close codes, 4009)', () => {
       [['error', 'too_many_sockets']],
       4009,
     ]);
+  });
+});
+
+describe('subscribes pipelined behind auth (doc: Before authentication, Limits)', () => {
+  /** A subscribe as the document sizes them: a task id of 128 characters, a seq of 16 digits. */
+  const subscribe = (id: string, index: number) => ({
+    type: 'subscribe',
+    id,
+    taskId: String(index).padStart(128, 't'),
+    afterSeq: Number.MAX_SAFE_INTEGER,
+  });
+  /** A socket whose `auth` frame is checked for 300 ms, `frames` sent right behind it. */
+  const pipelined = async (frames: Frame[]) => {
+    await start({
+      maxSubscriptionsPerSocket: 200,
+      authenticateToken: async (token: string) => {
+        await new Promise((resolve) => setTimeout(resolve, 300));
+        return { id: token };
+      },
+    });
+    const client = await unauthenticated(['finishline.v2']);
+    client.send({ type: 'auth', token: 'alice', protocol: 2 });
+    for (const frame of frames) client.send(frame);
+    return client;
+  };
+
+  it('200 fit in the 64 KiB held with ASCII ids at the length limits (260 bytes each)', async () => {
+    const frames = Array.from({ length: 200 }, (_, i) => subscribe(String(i).padStart(64, 'r'), i));
+    expect(JSON.stringify(frames[0])).toHaveLength(260);
+    const client = await pipelined(frames);
+    await client.next((f) => f.requestId === String(199).padStart(64, 'r'));
+    expect(client.frames.filter((f) => f.type === 'error').map((f) => f.code)).toEqual(
+      new Array(200).fill('task_not_found'),
+    );
+  });
+
+  it('of the largest (580 bytes, every id character escaped), 112 fit; a 113th closes with 1008', async () => {
+    // Control characters JSON escapes as \u00XX (6 bytes), not \b \t \n \f \r; the last two tell ids apart.
+    const sixBytes = [1, 2, 3, 4, 5, 6, 7, 11, 14, 15, 16, 17, 18, 19, 20].map((c) => String.fromCharCode(c));
+    const escaped = (i: number) =>
+      '\u0001'.repeat(62) + sixBytes[Math.floor(i / sixBytes.length)] + sixBytes[i % sixBytes.length];
+    const frames = Array.from({ length: 113 }, (_, i) => subscribe(escaped(i), i));
+    expect(Buffer.byteLength(JSON.stringify(frames[0]))).toBe(580);
+    const held = await pipelined(frames.slice(0, 112));
+    await held.next((f) => f.requestId === escaped(111));
+    expect(held.frames.filter((f) => f.type === 'error')).toHaveLength(112);
+    await held.close();
+    await session.env?.close();
+    const refused = await pipelined(frames);
+    expect(await refused.closed).toEqual({
+      code: 1008,
+      reason: 'too many frames before authentication completed',
+    });
+    expect(refused.frames).toEqual([]);
+  });
+});
+
+describe('CORS headers are those of routes (doc: HTTP API, CORS)', () => {
+  it('an allowed Origin gets them on every answer of a route, and none on a path that is no route', async () => {
+    await start();
+    const origin = { origin: 'https://app.example.com' };
+    const preflight = { ...origin, 'access-control-request-method': 'GET' };
+    const answers = {
+      error: await http('GET', '/progress/tasks/nope', { headers: { ...origin, ...bearer() } }),
+      unauthenticated: await http('GET', '/progress/tasks', { headers: origin }),
+      noRoute: await http('GET', '/progress/nope', { headers: { ...origin, ...bearer() } }),
+      webSocketPath: await http('GET', '/progress', { headers: { ...origin, ...bearer() } }),
+      noRoutePreflight: await http('OPTIONS', '/progress/nope', { headers: preflight }),
+    };
+    expect(
+      Object.fromEntries(
+        Object.entries(answers).map(([name, a]) => [
+          name,
+          [a.status, a.headers['access-control-allow-origin'] ?? null],
+        ]),
+      ),
+    ).toEqual({
+      error: [404, 'https://app.example.com'],
+      unauthenticated: [401, 'https://app.example.com'],
+      noRoute: [404, null],
+      webSocketPath: [426, null],
+      noRoutePreflight: [404, null],
+    });
+  });
+});
+
+describe("the example session's refusals and its auth frame (doc: Example session)", () => {
+  it('are answered with the frames shown, but for times and the server id', async () => {
+    const shown = sessionFrames();
+    const from = shown.findIndex(([, f]) => f.id === 's3');
+    const { server } = await start({ revealTaskExistence: true, heartbeatIntervalMs: 15_000 });
+    await server.tasks.create({ id: 'someone-elses-task', owner: 'bob', kind: 'batch_taint' });
+    const client = await connect('alice', ['finishline.v1']);
+    const ignore = (f: Frame): Frame => ({ ...f, ...(typeof f.time === 'number' ? { time: 0 } : {}) });
+    // s3, s4, p1, and the auth frame of a browser that cannot send the cookie.
+    expect(shown.length - from).toBe(8);
+    for (let index = from; index + 1 < shown.length; index += 2) {
+      const [toServer, request] = shown[index]!;
+      const [toClient, answer] = shown[index + 1]!;
+      expect([toServer, toClient]).toEqual(['→', '←']);
+      if (request.type === 'auth') {
+        const other = await session.unauthenticated(['finishline.v1']);
+        other.send(request);
+        const hello = await other.next((f) => f.type === 'hello');
+        expect({ ...hello, serverId: 'replica-b' }).toEqual(answer);
+        continue;
+      }
+      const at = client.frames.length;
+      client.send(request);
+      expect(ignore(await client.next((f) => f.type !== 'heartbeat', at))).toEqual(ignore(answer));
+    }
+  });
+});
+
+describe('refused upgrade credentials on a server that takes auth frames (doc: Authentication 1)', () => {
+  it('a refused cookie opens the socket to wait for auth (4004 without one); a refused bearer token is a 401', async () => {
+    await start({
+      authenticate: (req) => (req.headers.cookie === 'sid=good' ? { id: 'alice' } : null),
+      authTimeoutMs: 300,
+    });
+    const open = (headers: Record<string, string>) => {
+      const client = new Raw(session.env!.wsUrl, { headers, protocols: ['finishline.v2'] });
+      clients.push(client);
+      return client;
+    };
+    const cookie = open({ cookie: 'sid=good' });
+    expect((await cookie.next((f) => f.type === 'hello')).type).toBe('hello');
+    const silent = open({ cookie: 'sid=expired' });
+    await silent.open;
+    expect(await silent.closed).toEqual({ code: 4004, reason: 'no auth frame in time' });
+    expect(silent.frames).toEqual([]);
+    const renewed = open({ cookie: 'sid=expired' });
+    await renewed.open;
+    renewed.send({ type: 'auth', token: 'alice', protocol: 2 });
+    expect(await renewed.next((f) => f.type === 'hello')).toMatchObject({ type: 'hello', protocol: 2 });
+    const bearerRefused = await http('GET', '/progress', {
+      headers: {
+        connection: 'Upgrade',
+        upgrade: 'websocket',
+        'sec-websocket-version': '13',
+        'sec-websocket-key': 'dGhlIHNhbXBsZSBub25jZQ==',
+        'sec-websocket-protocol': 'finishline.v2',
+        authorization: 'Bearer bad',
+      },
+    });
+    expect([bearerRefused.status, bearerRefused.json().error.code]).toEqual([401, 'unauthenticated']);
+  });
+});
+
+describe('subscribes joined to one load (doc: subscribe)', () => {
+  it('a refusal answers at most 64 distinct ids per load, the latest ones', async () => {
+    const { store } = await start();
+    const release = holdTaskReads(store);
+    const client = await connect();
+    const ids = Array.from({ length: 70 }, (_, i) => `s${i}`);
+    for (const id of ids) client.send({ type: 'subscribe', id, taskId: 'missing', afterSeq: 0 });
+    await client.sync();
+    release();
+    await client.next((f) => f.type === 'error' && f.requestId === 's69');
+    await client.sync();
+    expect(client.about('missing').map((f) => [f.code, f.requestId])).toEqual(
+      ids.slice(-64).map((id) => ['task_not_found', id]),
+    );
+  });
+});
+
+describe('the names the document tells a TypeScript client to import (doc: introduction, Delivery rules, Errors)', () => {
+  it('each is exported by the entry the document names', async () => {
+    const entries = {
+      '@finishline/core': await import('@finishline/core'),
+      '@finishline/core/internal': await import('@finishline/core/internal'),
+    };
+    const named: Array<[string, keyof typeof entries]> = [
+      ['PROTOCOL_NAME', '@finishline/core'],
+      ['PROTOCOL_NAME_V1', '@finishline/core'],
+      ['PROTOCOL_VERSION', '@finishline/core'],
+      ['PROTOCOL_VERSIONS', '@finishline/core'],
+      ['LIMITS', '@finishline/core'],
+      ['ID_PATTERN', '@finishline/core'],
+      ['SSE_ID_SEPARATOR', '@finishline/core'],
+      ['FATAL_CLOSE_CODES', '@finishline/core'],
+      ['decodeServerFrame', '@finishline/core/internal'],
+      ['decodeClientFrame', '@finishline/core/internal'],
+      ['encodeFrame', '@finishline/core/internal'],
+      ['WatchCursor', '@finishline/core/internal'],
+      ['SSE_END_MARK', '@finishline/core/internal'],
+      ['TERMINAL_RETRY_DEFAULTS', '@finishline/core/internal'],
+    ];
+    for (const [name, entry] of named) {
+      expect([name, doc.includes(`\`${name}\``), name in entries[entry]]).toEqual([name, true, true]);
+    }
+    for (const name of ['WatchCursor', 'decodeServerFrame', 'TERMINAL_RETRY_DEFAULTS']) {
+      expect([name, new RegExp(`\`${name}\`[^.]{0,40}\`@finishline/core\``).test(doc)]).toEqual([
+        name,
+        false,
+      ]);
+    }
   });
 });

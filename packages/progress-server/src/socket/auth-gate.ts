@@ -53,8 +53,9 @@ export interface GateHost<P extends Principal> {
  * summed), besides the count bound (`rateLimitBurst`). Counted alone, 200 frames of up to `maxPayloadBytes`
  * each (`auth` frames of 8 KiB tokens: 1.6 MB, security review of 6 December 2026) were held per socket
  * that had not authenticated, times the sockets an address may hold open unauthenticated. 64 KiB holds the
- * 200 pipelined `subscribe` frames the protocol allows even with ids at their 128-character limit; more
- * closes with 1008, as too many frames do.
+ * 200 pipelined `subscribe` frames the protocol allows even with ids at their length limits, when their
+ * request ids are printable ASCII (112 of the largest, 580 bytes, whose every id character is escaped:
+ * docs/protocol.md says so); more closes with 1008, as too many frames do.
  */
 export const MAX_PENDING_BYTES_BEFORE_AUTH = 64 * 1024;
 
