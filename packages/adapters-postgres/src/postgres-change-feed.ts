@@ -228,11 +228,14 @@ export class ChangeFeedHub {
   }
 
   set knownEpoch(epoch: string | undefined) {
+    if (epoch !== this.#knownEpoch) this.#epochWrites += 1;
     this.#knownEpoch = epoch;
-    this.#epochWrites += 1;
   }
 
-  /** How many times {@link knownEpoch} was set: a read of the epoch begun before a later write is older. */
+  /**
+   * How many times {@link knownEpoch} changed: a read of the epoch begun before a later change may be older
+   * than it. (Set to the value it had, as every `getEpoch` does, it counts nothing.)
+   */
   get epochWrites(): number {
     return this.#epochWrites;
   }

@@ -447,8 +447,8 @@ export class PostgresProgressStore implements ProgressStore {
    * kept its value as the epoch known (a renewal after lost commits, which starts from it, was then skipped,
    * and the next reconnect reported another renewal). One read at a time: the notices that come during it
    * share one read after it. A read that fails reports the notice as a hint alone (the server reads the epoch
-   * itself). A read begun before the epoch known was set again (this store renewed it, `getEpoch`, a
-   * reconnect's read) is older than that, and is dropped.
+   * itself). When the epoch known changed during the read (this store renewed it, `getEpoch`, a reconnect's
+   * read), the read may be older than that change: it is dropped, and the epoch read once more.
    */
   #epochNoticed(): void {
     if (this.#closed) return;
@@ -462,9 +462,9 @@ export class PostgresProgressStore implements ProgressStore {
       .then(
         ({ rows }) => {
           const epoch = rows[0]?.value;
-          if (this.#closed || this.#hub.epochWrites !== writes || epoch === undefined || epoch === known)
-            return;
-          this.#hub.epochRenewed(epoch);
+          if (this.#closed || epoch === undefined) return;
+          if (this.#hub.epochWrites !== writes) this.#epochCheckAgain = true;
+          else if (epoch !== known) this.#hub.epochRenewed(epoch);
         },
         () => {
           if (!this.#closed) this.#hub.epochRenewed();
