@@ -135,6 +135,12 @@ import type { ProgressDatabase } from './schema.js';
  * would have been ({@link ChangeFeedHub.epochRenewed}): a renewal committed after that read sends its
  * notice to this connection, which listens already.
  *
+ * A notice is a hint, not a proof: `NOTIFY` needs no privilege, so any role that can connect to the database
+ * can send `{"epoch": "…"}` on the channel. The store reads the epoch back (on its pool) and reports a renewal
+ * only when the epoch it reads differs from the one it knows; the notice's value is never kept. Epochs change
+ * rarely, and the reads are one at a time (notices during one share the next), so a flood costs one read at a
+ * time at most.
+ *
  * A logical restore (`pg_dump` of the schema restored into another cluster) also copies the `xid` of
  * every event and purge record, and `purged_horizon`, from the old cluster's run of ids. Where that ran
  * higher they lie above every id of the new cluster until its ids pass them, which with 64-bit ids
@@ -306,6 +312,11 @@ export const REREAD_CHUNK_ROWS = 1000;
 export interface ListenConnectionOptions {
   /** Where what the connection finds is reported. */
   hub: Pick<ChangeFeedHub, 'report' | 'isNew' | 'forget' | 'forgetPublished' | 'epochRenewed' | 'knownEpoch'>;
+  /**
+   * A notice on the channel says the epoch was renewed. Not taken at its word (any role that can connect may
+   * `NOTIFY` on the channel): the store reads the epoch back, and reports a renewal only if it finds one.
+   */
+  epochNoticed: () => void;
   /** Compiles the connection's statements once (kysely's Postgres dialect); never runs a query. */
   db: Kysely<ProgressDatabase>;
   /** The `NOTIFY` channel of the store's schema. */
@@ -988,7 +999,7 @@ export class ListenConnection {
         this.purged(notice.taskIds, notice.xid);
         break;
       case 'epoch':
-        hub.epochRenewed(notice.epoch);
+        this.#options.epochNoticed();
         break;
       case 'barrier':
         // Other stores' barriers, and this store's earlier connections', say nothing about what this

@@ -110,7 +110,10 @@ export interface PostgresChangeFeed extends ChangeFeed {
    * restored database's transaction ids may be below its mark; see `listen-connection.ts`).
    */
   forgetSeqs(): void;
-  /** Every store's `renewEpoch` on the channel is heard here through its notice (see {@link ChangeFeed}). */
+  /**
+   * Every store's `renewEpoch` on the channel is heard here through its notice (see {@link ChangeFeed}), once
+   * a read of the epoch finds it changed: any role that can connect may `NOTIFY` on the channel.
+   */
   onEpochRenewed(listener: () => void): Unsubscribe;
   health(): ChangeFeedHealth;
   stats(): ChangeFeedStats;
@@ -202,17 +205,43 @@ export class ChangeFeedHub {
     return this.#local.onEpochRenewed(listener);
   }
 
-  /** A store on the channel renewed the epoch (its notice arrived): the subscribers read it now. */
+  /**
+   * The store's epoch was renewed (this store renewed it, or a read found it renewed): the subscribers read it
+   * now, unless `epoch` is the one known already (reported before: a notice read back before the renewal's
+   * own reply). Without `epoch` (a notice that could not be read back), {@link knownEpoch} stays.
+   */
   epochRenewed(epoch?: string): void {
-    if (epoch !== undefined) this.knownEpoch = epoch;
+    if (epoch !== undefined) {
+      if (epoch === this.knownEpoch) return;
+      this.knownEpoch = epoch;
+    }
     this.#local.publishEpochRenewed();
   }
 
   /**
-   * The store's epoch as last read, renewed or heard of on the channel (`undefined` until then): what a
-   * renewal after lost commits starts from (see `PostgresProgressStore`'s `#wentBack`).
+   * The store's epoch as last read or renewed (`undefined` until then): what a renewal after lost commits
+   * starts from (see `PostgresProgressStore`'s `#wentBack`). Never a notice's word alone: any role that can
+   * connect may `NOTIFY` on the channel, so a notice's epoch is read back first (`#epochNoticed`).
    */
-  knownEpoch: string | undefined;
+  get knownEpoch(): string | undefined {
+    return this.#knownEpoch;
+  }
+
+  set knownEpoch(epoch: string | undefined) {
+    if (epoch !== this.#knownEpoch) this.#epochWrites += 1;
+    this.#knownEpoch = epoch;
+  }
+
+  /**
+   * How many times {@link knownEpoch} changed: a read of the epoch begun before a later change may be older
+   * than it. (Set to the value it had, as every `getEpoch` does, it counts nothing.)
+   */
+  get epochWrites(): number {
+    return this.#epochWrites;
+  }
+
+  #knownEpoch: string | undefined;
+  #epochWrites = 0;
 
   follow(taskId: string): Unsubscribe {
     this.#followed.set(taskId, (this.#followed.get(taskId) ?? 0) + 1);

@@ -187,6 +187,10 @@ export class PostgresProgressStore implements ProgressStore {
   /** The next try of a renewal after lost commits that failed (see `#wentBack`): `close()` clears it. */
   #renewalRetry: ReturnType<typeof setTimeout> | undefined;
   #closing: Promise<void> | undefined;
+  /** The read-back of an epoch notice in flight (see {@link #epochNoticed}). */
+  #epochCheck: Promise<void> | undefined;
+  /** Another epoch notice came while {@link #epochCheck} ran: one more read follows it. */
+  #epochCheckAgain = false;
 
   /**
    * Opens a store: validates the options, applies migrations (unless `migrate: false`), connects the
@@ -256,6 +260,7 @@ export class PostgresProgressStore implements ProgressStore {
       tasks: this.#target.tasks,
       purged: this.#purgeTarget.purged,
       meta: this.#meta,
+      epochNoticed: () => this.#epochNoticed(),
       createClient: options.createListenClient,
       watermarkIntervalMs: options.watermarkIntervalMs,
       connectTimeoutMs: options.listenConnectTimeoutMs,
@@ -430,8 +435,47 @@ export class PostgresProgressStore implements ProgressStore {
     const { rows } = await this.#query('renewEpoch', undefined, renewEpoch(this.#meta, this.#target.channel));
     const row = rows[0];
     if (row === undefined) throw new ProgressError(ErrorCode.Internal, 'The store has no epoch row');
-    this.#hub.knownEpoch = row.value;
+    // Told here: the notice this store hears of its own renewal finds the epoch it knows already.
+    this.#hub.epochRenewed(row.value);
     return row.value;
+  }
+
+  /**
+   * A notice on the channel said the epoch was renewed: read it back, and report a renewal (setting the epoch
+   * known) only if the epoch read differs from the one known. Any role that can connect may `NOTIFY` on the
+   * channel; taken at its word, a notice made every listener of `onEpochRenewed` think the epoch changed, and
+   * kept its value as the epoch known (a renewal after lost commits, which starts from it, was then skipped,
+   * and the next reconnect reported another renewal). One read at a time: the notices that come during it
+   * share one read after it. A read that fails reports the notice as a hint alone (the server reads the epoch
+   * itself). When the epoch known changed during the read (this store renewed it, `getEpoch`, a reconnect's
+   * read), the read may be older than that change: it is dropped, and the epoch read once more.
+   */
+  #epochNoticed(): void {
+    if (this.#closed) return;
+    if (this.#epochCheck !== undefined) {
+      this.#epochCheckAgain = true;
+      return;
+    }
+    const writes = this.#hub.epochWrites;
+    const known = this.#hub.knownEpoch;
+    this.#epochCheck = this.#read('getEpoch', selectEpoch(this.#meta))
+      .then(
+        ({ rows }) => {
+          const epoch = rows[0]?.value;
+          if (this.#closed || epoch === undefined) return;
+          if (this.#hub.epochWrites !== writes) this.#epochCheckAgain = true;
+          else if (epoch !== known) this.#hub.epochRenewed(epoch);
+        },
+        () => {
+          if (!this.#closed) this.#hub.epochRenewed();
+        },
+      )
+      .finally(() => {
+        this.#epochCheck = undefined;
+        if (!this.#epochCheckAgain) return;
+        this.#epochCheckAgain = false;
+        this.#epochNoticed();
+      });
   }
 
   /**
@@ -458,7 +502,8 @@ export class PostgresProgressStore implements ProgressStore {
           seq,
         }),
       );
-      if (rows[0] !== undefined) this.#hub.knownEpoch = rows[0].value;
+      // Told here: the notice this store hears of its own renewal finds the epoch it knows already.
+      if (rows[0] !== undefined) this.#hub.epochRenewed(rows[0].value);
       return rows[0]?.value;
     };
     void renew()
