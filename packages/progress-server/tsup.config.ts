@@ -7,7 +7,4 @@ export default defineConfig({
   dts: { compilerOptions: { composite: false } },
   clean: true,
   target: 'node20',
-  // A class whose body names it (a static factory's `new X(…)`) is renamed `_X` inside the bundle; keep the
-  // exported name on it (`console.log`, stack frames, loggers that read `constructor.name`).
-  keepNames: true,
 });
