@@ -200,7 +200,9 @@ export class PostgresProgressStore implements ProgressStore {
    * be reached or migrated.
    */
   static async open(options: PostgresProgressStoreOptions): Promise<PostgresProgressStore> {
-    const store = new PostgresProgressStore(OPENING, resolveStoreOptions(options));
+    // `this`, not the class's name: a class that names itself in its body is bundled as
+    // `class _PostgresProgressStore`, and that was its `name` (`console.log`, stack frames, loggers).
+    const store = new this(OPENING, resolveStoreOptions(options));
     await store.#start();
     return store;
   }

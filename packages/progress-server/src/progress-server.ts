@@ -363,7 +363,9 @@ export class ProgressServer<P extends Principal = Principal> {
       requestTimeout: Math.max(requestTimeout, headersTimeout),
       connectionsCheckingInterval: TIMEOUT_CHECK_INTERVAL_MS,
     });
-    const progress = new ProgressServer<P>({ ...options, server: httpServer });
+    // `this`, not the class's name: a class that names itself in its body is bundled as `class _ProgressServer`,
+    // and that was its `name` (in `console.log`, stack frames, loggers reading `constructor.name`).
+    const progress: ProgressServer<P> = new this({ ...options, server: httpServer });
     progress.#ownedHttpServer = httpServer;
     // A connection counts as unauthenticated from its accept until it sends an ordinary request or its
     // WebSocket authenticates: silent connections are then capped per address.
