@@ -48,6 +48,42 @@ describe('tasks at the edges', () => {
     }
   });
 
+  it('item(), progress() and complete() reject an update they cannot read (a throwing getter, a Proxy) instead of throwing', async () => {
+    const store = new MemoryProgressStore();
+    const server = replica(store, 'a');
+    const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    const throwing = new Proxy(
+      {},
+      {
+        ownKeys: () => {
+          throw new Error('no keys here');
+        },
+      },
+    );
+    const getter = Object.defineProperty({}, 'key', {
+      enumerable: true,
+      get: () => {
+        throw new Error('getter threw');
+      },
+    });
+    const calls = [
+      () => task.item(getter as never),
+      () => task.progress(throwing as never),
+      () => task.complete(throwing as never),
+    ];
+    for (const call of calls) {
+      let promise: Promise<unknown> | undefined;
+      // Before: the call threw at once, out of a method whose caller chains .catch() on its promise.
+      expect(() => {
+        promise = call();
+      }).not.toThrow();
+      await expect(promise).rejects.toMatchObject({ code: ErrorCode.InvalidInput });
+    }
+    // Nothing was written, and the handle still works.
+    await task.item({ key: 'node-1', ok: true });
+    expect((await store.getTask(task.id))?.seq).toBe(1);
+  });
+
   it("item(), progress() and complete() clip a tool's texts instead of refusing them, so the handle's own example still ends its task", async () => {
     const store = new MemoryProgressStore();
     const server = replica(store, 'a');

@@ -218,9 +218,14 @@ export class TaskHandle {
 
   /** Sets absolute progress values. `current` and `message` are clipped and made storable (see `fail`). */
   progress(update: ProgressUpdate): Promise<ProgressEvent> {
-    const input: ProgressInput = { type: 'progress', ...update };
-    clipText(input, 'current', LIMITS.maxKeyLength);
-    clipText(input, 'message', LIMITS.maxMessageLength);
+    let input: ProgressInput;
+    try {
+      input = { type: 'progress', ...update };
+      clipText(input, 'current', LIMITS.maxKeyLength);
+      clipText(input, 'message', LIMITS.maxMessageLength);
+    } catch (error) {
+      return unreadable(error);
+    }
     return this.#append(input) as Promise<ProgressEvent>;
   }
 
@@ -229,10 +234,15 @@ export class TaskHandle {
    * `current` are clipped and made storable (see `fail`), as `runBatch` does with its items.
    */
   item(result: ItemUpdate): Promise<ItemEvent> {
-    const input: ItemInput = { type: 'item', ...result };
-    clipText(input, 'key', LIMITS.maxKeyLength);
-    clipText(input, 'error', LIMITS.maxMessageLength);
-    clipText(input, 'current', LIMITS.maxKeyLength);
+    let input: ItemInput;
+    try {
+      input = { type: 'item', ...result };
+      clipText(input, 'key', LIMITS.maxKeyLength);
+      clipText(input, 'error', LIMITS.maxMessageLength);
+      clipText(input, 'current', LIMITS.maxKeyLength);
+    } catch (error) {
+      return unreadable(error);
+    }
     return this.#append(input) as Promise<ItemEvent>;
   }
 
@@ -242,8 +252,13 @@ export class TaskHandle {
    */
   complete(options: CompleteOptions = {}): Promise<CompletedEvent> {
     // (A field left `undefined` is the store's to read as absent, as a JavaScript caller's always was.)
-    const input = { type: 'completed', ...options } as CompleteInput;
-    clipText(input, 'message', LIMITS.maxMessageLength);
+    let input: CompleteInput;
+    try {
+      input = { type: 'completed', ...options } as CompleteInput;
+      clipText(input, 'message', LIMITS.maxMessageLength);
+    } catch (error) {
+      return unreadable(error);
+    }
     return this.#end(input) as Promise<CompletedEvent>;
   }
 
@@ -389,6 +404,19 @@ function toFailure(error: TaskFailure | Error | string): TaskFailure {
  * a catch block threw in turn, the loop never reached `complete()`, and the task stayed running under a
  * lease its live server kept renewing: no watcher saw it end. `runBatch` and `fail()` already clipped.
  */
+/**
+ * The refusal of an update the handle could not read: copying it ran the caller's code (a getter, a `Proxy`)
+ * and that threw. A rejection, as every other refusal of these methods: they threw it synchronously, out of a
+ * call whose caller awaits a promise (`.catch()` chained on it never ran).
+ */
+function unreadable(error: unknown): Promise<never> {
+  return Promise.reject(
+    new ProgressError(ErrorCode.InvalidInput, `The update could not be read: ${describeValue(error)}`, {
+      cause: error,
+    }),
+  );
+}
+
 function clipText<T extends object>(input: T, field: keyof T & string, max: number): void {
   const value = input[field];
   if (typeof value === 'string') (input as Record<string, unknown>)[field] = clip(value, max);
