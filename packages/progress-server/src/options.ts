@@ -416,7 +416,7 @@ export interface ProgressServerOptions<P extends Principal = Principal> {
    * what `maxQueuedBytes` weighs on each). `maxQueuedBytes` bounds one socket, and a principal may open
    * `maxSocketsPerPrincipal` of them: its 100 sockets that stopped reading held 16 MiB of frames each, and
    * the events behind them, 1.6 GB or more. The socket whose queue takes the principal past this bound is
-   * terminated, as past `maxQueuedBytes` (same log line); its bytes are given back at once.
+   * terminated, as past `maxQueuedBytes` (its log line names this bound); its bytes are given back at once.
    * @default 67108864 (64 MiB)
    */
   maxQueuedBytesPerPrincipal?: number | undefined;

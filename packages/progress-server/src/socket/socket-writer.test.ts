@@ -24,7 +24,7 @@ function writerOver(
 ) {
   const store = new MemoryProgressStore();
   const sent: string[] = [];
-  let overflows = 0;
+  const bounds: string[] = [];
   const ws = {
     readyState: WebSocket.OPEN,
     bufferedAmount: 0,
@@ -50,12 +50,12 @@ function writerOver(
     isOpen: () => true,
     guard: (fn) => fn(),
     queuedBytes,
-    overflow: () => {
-      overflows += 1;
+    overflow: (bound) => {
+      bounds.push(bound);
     },
     log: () => undefined,
   });
-  return { writer, ws, sent, metrics, overflows: () => overflows };
+  return { writer, ws, sent, metrics, overflows: () => bounds.length, bounds };
 }
 
 /** The dropped-frames counter by frame type, as the registry exposes it. */
@@ -111,7 +111,7 @@ describe('SocketWriter over maxQueuedFrames', () => {
     // The socket is ending: what arrives meanwhile is neither queued nor a second end.
     writer.pushEvent(item(5), log);
     writer.pushSnapshot({ id: 'b', seq: 1 } as TaskView);
-    writer.overflow();
+    writer.overflow('maxQueuedFrames');
     expect(overflows()).toBe(1);
     // Nothing was kept for it: a drain has nothing to write.
     ws.bufferedAmount = 0;

@@ -83,9 +83,15 @@ export interface WriterContext {
    * `maxQueuedBytes`). Absent: no bound over the principal's sockets.
    */
   queuedBytes?: ((delta: number) => boolean) | undefined;
-  /** The queue outgrew `maxQueuedFrames` or `maxQueuedBytes` (called once): the socket must end. */
-  overflow(): void;
+  /**
+   * The queue outgrew `bound` (called once): the socket must end. Named so the operator's log says which
+   * bound to raise: a byte bound tripped by a few large items was reported as `maxQueuedFrames`.
+   */
+  overflow(bound: QueueBound): void;
 }
+
+/** The bound of what a socket holds for its client that ended it (see {@link WriterContext.overflow}). */
+export type QueueBound = 'maxQueuedFrames' | 'maxQueuedBytes' | 'maxQueuedBytesPerPrincipal';
 
 /**
  * Writes one socket's frames. Queued entries go out while the socket's buffer is below the high-water
@@ -197,9 +203,9 @@ export class SocketWriter {
    */
   #checkBound(): void {
     const { maxQueuedFrames, maxQueuedBytes } = this.#ctx.options;
-    if (this.#queue.size <= maxQueuedFrames && this.#queue.bytes <= maxQueuedBytes && this.#reportBytes())
-      return;
-    this.overflow();
+    if (this.#queue.size > maxQueuedFrames) this.overflow('maxQueuedFrames');
+    else if (this.#queue.bytes > maxQueuedBytes) this.overflow('maxQueuedBytes');
+    else if (!this.#reportBytes()) this.overflow('maxQueuedBytesPerPrincipal');
   }
 
   /**
@@ -225,7 +231,7 @@ export class SocketWriter {
    */
   hold(): void {
     this.#held += 1;
-    if (this.#held + this.#queue.size > this.#ctx.options.maxQueuedFrames) this.overflow();
+    if (this.#held + this.#queue.size > this.#ctx.options.maxQueuedFrames) this.overflow('maxQueuedFrames');
   }
 
   /** `count` deliveries held (see {@link hold}) went on, or were dropped. */
@@ -233,14 +239,14 @@ export class SocketWriter {
     this.#held -= count;
   }
 
-  /** The socket holds more for its client than `maxQueuedFrames`: it ends (once), and nothing more is queued. */
-  overflow(): void {
+  /** The socket holds more for its client than `bound` allows: it ends (once), and nothing more is queued. */
+  overflow(bound: QueueBound): void {
     if (this.#overflowed) return;
     this.#overflowed = true;
     this.#queue.clear();
     this.#resets.clear();
     this.#reportBytes();
-    this.#ctx.overflow();
+    this.#ctx.overflow(bound);
   }
 
   /**
