@@ -185,4 +185,25 @@ describe('SocketWriter over maxQueuedBytesPerPrincipal', () => {
     bob.writer.stop();
     expect(limits.usage('alice').queuedBytes).toBe(0);
   });
+  it("counts what a renewal's re-check holds in the principal's budget, and gives it back when released", () => {
+    const limits = new PrincipalLimits({
+      maxSockets: 100,
+      maxSubscriptions: 1000,
+      ratePerSecond: 500,
+      maxQueuedBytes: 100_000,
+      clock: Date.now,
+    });
+    const { writer, bounds } = writerOver(1024, 10_000, (delta) => limits.addQueuedBytes('alice', delta));
+    writer.hold(60_000);
+    expect(limits.usage('alice').queuedBytes).toBe(60_000);
+    writer.released(1, 60_000);
+    expect(limits.usage('alice').queuedBytes).toBe(0);
+    writer.hold(60_000);
+    writer.hold(60_000);
+    expect(bounds).toEqual(['maxQueuedBytesPerPrincipal']);
+    // Held until the subscriptions let go, then given back.
+    writer.released(2, 120_000);
+    writer.stop();
+    expect(limits.usage('alice').queuedBytes).toBe(0);
+  });
 });

@@ -124,6 +124,8 @@ export class SocketWriter {
   #overflowed = false;
   /** Deliveries the socket's subscriptions hold for a renewal's re-check (see {@link hold}). */
   #held = 0;
+  /** What the events of those deliveries weigh, in bytes of frame text, as the queue weighs its own. */
+  #heldBytes = 0;
   /** The queue's weight as last told to the principal's budget (`WriterContext.queuedBytes`). */
   #reportedBytes = 0;
 
@@ -203,8 +205,8 @@ export class SocketWriter {
    */
   #checkBound(): void {
     const { maxQueuedFrames, maxQueuedBytes } = this.#ctx.options;
-    if (this.#queue.size > maxQueuedFrames) this.overflow('maxQueuedFrames');
-    else if (this.#queue.bytes > maxQueuedBytes) this.overflow('maxQueuedBytes');
+    if (this.#queue.size + this.#held > maxQueuedFrames) this.overflow('maxQueuedFrames');
+    else if (this.#queue.bytes + this.#heldBytes > maxQueuedBytes) this.overflow('maxQueuedBytes');
     else if (!this.#reportBytes()) this.overflow('maxQueuedBytesPerPrincipal');
   }
 
@@ -216,27 +218,32 @@ export class SocketWriter {
    * the queue is cleared.
    */
   #reportBytes(): boolean {
-    const delta = this.#queue.bytes - this.#reportedBytes;
+    const bytes = this.#queue.bytes + this.#heldBytes;
+    const delta = bytes - this.#reportedBytes;
     if (delta === 0) return true;
-    this.#reportedBytes = this.#queue.bytes;
+    this.#reportedBytes = bytes;
     return this.#ctx.queuedBytes?.(delta) ?? true;
   }
 
   /**
-   * A subscription of this socket holds one more delivery for a token renewal's re-check (see
-   * `Subscription.suspend`). What its subscriptions hold counts against `maxQueuedFrames` with the queue,
-   * for the socket as a whole: bounded per subscription, a socket following many tasks held that many
-   * times the bound. Past it the socket ends, as when its queue outgrows it. Not on the live path: only
-   * while a re-check runs.
+   * A subscription of this socket holds one more delivery, whose events weigh `bytes` of frame text, for a
+   * token renewal's re-check (see `Subscription.suspend`). What its subscriptions hold counts with the
+   * queue against `maxQueuedFrames` and `maxQueuedBytes`, for the socket as a whole (bounded per
+   * subscription, a socket following many tasks held that many times the bound), and against its
+   * principal's `maxQueuedBytesPerPrincipal`. Past one the socket ends, as when its queue outgrows it. Not
+   * on the live path: only while a re-check runs.
    */
-  hold(): void {
+  hold(bytes: number): void {
     this.#held += 1;
-    if (this.#held + this.#queue.size > this.#ctx.options.maxQueuedFrames) this.overflow('maxQueuedFrames');
+    this.#heldBytes += bytes;
+    this.#checkBound();
   }
 
-  /** `count` deliveries held (see {@link hold}) went on, or were dropped. */
-  released(count: number): void {
+  /** `count` deliveries held (see {@link hold}), weighing `bytes`, went on, or were dropped. */
+  released(count: number, bytes: number): void {
     this.#held -= count;
+    this.#heldBytes -= bytes;
+    this.#reportBytes();
   }
 
   /** The socket holds more for its client than `bound` allows: it ends (once), and nothing more is queued. */
