@@ -414,7 +414,11 @@ export interface ProgressServerOptions<P extends Principal = Principal> {
   maxQueuedBytes?: number | undefined;
   /**
    * Most bytes of event frames queued or held over all the sockets of one principal on this replica (the
-   * sum of what `maxQueuedBytes` weighs on each). `maxQueuedBytes` bounds one socket, and a principal may open
+   * sum of what `maxQueuedBytes` weighs on each), and held by its Server-Sent Events streams (the page, up
+   * to 1 MiB, a stream holds while its reader's buffers are full: a stream whose page would take the
+   * principal past this bound ends, counted in `sse_streams_closed_total{reason="max_queued_bytes"}`, and
+   * its reader resumes with `Last-Event-ID`). Answers of the HTTP API have their own bound
+   * (`maxUnreadAnswerBytes`). `maxQueuedBytes` bounds one socket, and a principal may open
    * `maxSocketsPerPrincipal` of them: its 100 sockets that stopped reading held 16 MiB of frames each, and
    * the events behind them, 1.6 GB or more. The socket whose queue takes the principal past this bound is
    * terminated, as past `maxQueuedBytes` (its log line names this bound); its bytes are given back at once.
