@@ -35,7 +35,9 @@ export type ResyncReason = 'resubscribe' | 'gap' | 'replay_limit' | 'cursor_ahea
  * `task_gone`: the task is no longer in the store (after a restore, say); `read_failed`: a store read
  * failed (the client resumes); `hook_timeout`: the `authorize` hook, asked again of the task a new
  * epoch's (or a new run's) load read, did not answer within `upgradeTimeoutMs` (logged at `warn`, counted
- * in `handler_errors_total`; the client's reconnect asks it again); `internal`: a bug in the server, logged at `error` and counted in
+ * in `handler_errors_total`; the client's reconnect asks it again); `max_queued_bytes`: its reader stopped
+ * reading and the page it would hold took its principal past `maxQueuedBytesPerPrincipal` (logged at
+ * `info`; the client resumes); `internal`: a bug in the server, logged at `error` and counted in
  * `handler_errors_total` (the client resumes).
  */
 export type SseStreamEndReason =
@@ -48,6 +50,7 @@ export type SseStreamEndReason =
   | 'task_gone'
   | 'read_failed'
   | 'hook_timeout'
+  | 'max_queued_bytes'
   | 'internal';
 
 /**
@@ -72,7 +75,7 @@ export type SseStreamEndReason =
  * | `auth_rate_limited_total{via}` | counter | authentication attempts refused because their address spent its budget of failed ones (`authRateLimitPerAddressPerSecond`; no hook ran), by {@link AuthAttemptVia}: `http` (429, Server-Sent Events streams included), `upgrade` (429, or close 4008 for a socket of a `wss` you pass), `auth_frame` (`rate_limited`, close 4008) |
  * | `principal_limits_total{limit}` | counter | refusals at a per-principal cap: `sockets` (`maxSocketsPerPrincipal`), `subscriptions` (`maxSubscriptionsPerPrincipal`), `rate` (an HTTP API request over `rateLimitPerPrincipalPerSecond`, or while the principal's unread answers hold more than 32 MiB; refused frames count in `frames_rejected_total`) |
  * | `unread_answers_refused_total` | counter | HTTP API requests refused 429 because the answers of all principals not yet handed to the network held more than `maxUnreadAnswerBytes` (a principal's own 32 MiB counts in `principal_limits_total{limit="rate"}`) |
- * | `sse_streams_closed_total{reason}` | counter | Server-Sent Events streams ended, by {@link SseStreamEndReason}: `finished`, `client_left`, `stalled`, `expired`, `lifetime`, `shutdown`, `task_gone`, `read_failed`, `hook_timeout` (the `authorize` hook did not answer within `upgradeTimeoutMs` when the stream started over), `internal` (a bug: see the error log) |
+ * | `sse_streams_closed_total{reason}` | counter | Server-Sent Events streams ended, by {@link SseStreamEndReason}: `finished`, `client_left`, `stalled`, `expired`, `lifetime`, `shutdown`, `task_gone`, `read_failed`, `hook_timeout` (the `authorize` hook did not answer within `upgradeTimeoutMs` when the stream started over), `max_queued_bytes` (a stalled stream's held page would take its principal past `maxQueuedBytesPerPrincipal`), `internal` (a bug: see the error log) |
  * | `handler_errors_total` | counter | unexpected errors caught in a handler |
  * | `store_errors_total` | counter | store calls that failed |
  * | `leases_reaped_total` | counter | expired leases turned into `interrupted` by this replica |

@@ -402,8 +402,9 @@ export interface ProgressServerOptions<P extends Principal = Principal> {
    */
   maxQueuedFrames?: number | undefined;
   /**
-   * Most bytes of event frames queued for one socket while its buffer is above `highWaterMarkBytes`
-   * (their JSON text; a coalesced progress run and a snapshot count nothing). `maxQueuedFrames` counts
+   * Most bytes of event frames queued for one socket while its buffer is above `highWaterMarkBytes`, or
+   * held for a token renewal's re-check (their JSON text; a coalesced progress run and a snapshot count
+   * nothing). `maxQueuedFrames` counts
    * entries, and an `item` or a terminal event carries up to 16 KiB: a socket that stopped reading, following
    * five tasks each with a replay of 1,000 such items to catch up, held its own copies of them all, 75 MB,
    * until the liveness check noticed, and a principal's 100 sockets as many. Past this bound the socket
@@ -412,11 +413,15 @@ export interface ProgressServerOptions<P extends Principal = Principal> {
    */
   maxQueuedBytes?: number | undefined;
   /**
-   * Most bytes of event frames queued over all the sockets of one principal on this replica (the sum of
-   * what `maxQueuedBytes` weighs on each). `maxQueuedBytes` bounds one socket, and a principal may open
+   * Most bytes of event frames queued or held over all the sockets of one principal on this replica (the
+   * sum of what `maxQueuedBytes` weighs on each), and held by its Server-Sent Events streams (the page, up
+   * to 1 MiB, a stream holds while its reader's buffers are full: a stream whose page would take the
+   * principal past this bound ends, counted in `sse_streams_closed_total{reason="max_queued_bytes"}`, and
+   * its reader resumes with `Last-Event-ID`). Answers of the HTTP API have their own bound
+   * (`maxUnreadAnswerBytes`). `maxQueuedBytes` bounds one socket, and a principal may open
    * `maxSocketsPerPrincipal` of them: its 100 sockets that stopped reading held 16 MiB of frames each, and
    * the events behind them, 1.6 GB or more. The socket whose queue takes the principal past this bound is
-   * terminated, as past `maxQueuedBytes` (same log line); its bytes are given back at once.
+   * terminated, as past `maxQueuedBytes` (its log line names this bound); its bytes are given back at once.
    * @default 67108864 (64 MiB)
    */
   maxQueuedBytesPerPrincipal?: number | undefined;

@@ -90,3 +90,77 @@ it('holds at most MAX_HELD_BYTES of a page for a reader that stopped reading, an
   expect(keys).toEqual(Array.from({ length: 1000 }, (_, i) => `k${i + 2}`));
   expect(text).toContain('"completed"');
 }, 30_000);
+
+/** A stream of `taskId` resumed after its seq 1 for alice, paused at once: its reader reads nothing. */
+async function pausedStream(url: string, taskId: string) {
+  const response: IncomingMessage = await new Promise((resolve, reject) => {
+    const request = httpRequest(
+      `${url}/progress/tasks/${taskId}/stream?afterSeq=1`,
+      { headers: { 'x-user': 'alice' } },
+      resolve,
+    );
+    request.on('error', reject);
+    request.end();
+  });
+  expect(response.statusCode).toBe(200);
+  const socket = response.socket as Socket;
+  socket.pause();
+  response.pause();
+  const closed = new Promise<void>((resolve) => socket.once('close', () => resolve()));
+  return {
+    /** Reads again: resolves with the item keys the stream wrote once it ended (the server closed it). */
+    readAll: async (): Promise<Array<string | undefined>> => {
+      let text = '';
+      response.setEncoding('utf8');
+      response.on('data', (chunk: string) => {
+        text += chunk;
+      });
+      response.on('error', () => undefined);
+      socket.resume();
+      response.resume();
+      await Promise.race([closed, sleep(10_000)]);
+      return text
+        .split('\n')
+        .filter((line) => line.startsWith('data: '))
+        .map(
+          (line) =>
+            JSON.parse(line.slice('data: '.length)) as { event?: { type: string; item?: { key: string } } },
+        )
+        .flatMap((frame) => (frame.event?.type === 'item' ? [frame.event.item?.key] : []));
+    },
+  };
+}
+
+// Found by a review (7 December 2026): each stalled stream's held page (up to 1 MiB) was counted in no
+// budget: a principal's 100 streams held 100 MiB, beside the 64 MiB maxQueuedBytesPerPrincipal of its
+// sockets' queues. What they hold now counts in that budget, and a stream whose page would take its
+// principal past it ends, as such a socket does (its reader resumes from its Last-Event-ID). Measured
+// here with a budget below one held page.
+it("counts the page a stalled stream holds in its principal's maxQueuedBytesPerPrincipal", async () => {
+  const store = new WatchedStore();
+  const budget = 512 * 1024;
+  env = await startServer({ store, sseStallTimeoutMs: 60_000, maxQueuedBytesPerPrincipal: budget });
+  const task = await env.server.tasks.create({ owner: 'alice', kind: 'k' });
+  const detail = 'x'.repeat(16_000);
+  for (let item = 1; item <= 1001; item++) await task.item({ key: `k${item}`, ok: true, detail });
+
+  const stream = await pausedStream(env.httpUrl, task.id);
+  await sleep(1000);
+  gc();
+  await sleep(10);
+  gc();
+  expect(store.read.length).toBeGreaterThanOrEqual(1000);
+  // The events of the store's reads still alive: what this reader pins, its held page and what the hub
+  // keeps of the task it follows for it. Before the fix 277 of them (4.4 MB), against a 512 KiB budget.
+  const alive = store.read.filter(({ ref }) => ref.deref() !== undefined).length;
+  expect(alive * 16_000).toBeLessThanOrEqual(budget);
+  const { values } = await env.server.metrics.sseStreamsClosed.get();
+  expect(values.map((value) => [value.labels.reason, value.value])).toEqual([['max_queued_bytes', 1]]);
+
+  // Ended (destroyed, as a stalled one is: what its buffers held may be lost with the connection), never
+  // out of order; the reader resumes from its Last-Event-ID.
+  await task.complete();
+  const keys = await stream.readAll();
+  expect(keys.length).toBeLessThan(1000);
+  expect(keys).toEqual(Array.from({ length: keys.length }, (_, i) => `k${i + 2}`));
+}, 60_000);

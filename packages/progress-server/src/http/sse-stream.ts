@@ -46,7 +46,8 @@ import { stallTimer } from './stall-timer.js';
  * it by), until 'drain'; then a new hub stream reads on from the cursor what was committed meanwhile,
  * page by page however far behind, from memory while the hub still holds it. It never skips a seq, and
  * holds no events of its own beyond the rest of the page it was writing when the buffer filled (events
- * already read, cut to `MAX_HELD_BYTES` of frame text): 'drain' writes those before anything is read again. Read
+ * already read, cut to `MAX_HELD_BYTES` of frame text, counted in its principal's `maxQueuedBytesPerPrincipal`:
+ * past it the stream ends, `max_queued_bytes`): 'drain' writes those before anything is read again. Read
  * again from the cursor instead, each 'drain' (one socket buffer, some 16 KiB: four 4 KB frames) cost a
  * page read: a reader catching up 5,880 such frames cost 1,570 reads of 1,000 events, and, slowed to
  * some 600 frames a second by them on a loaded machine, was still behind after 10 s. One that waits
@@ -72,6 +73,9 @@ const MAX_TIMER_MS = 2_147_483_647;
  * `sseStallTimeoutMs`. A drain takes some 16 KiB: the stream still reads a page per 64 drains, not one each.
  */
 const MAX_HELD_BYTES = 1024 * 1024;
+// What a stream holds counts in its principal's `maxQueuedBytesPerPrincipal` with its sockets' queues
+// (see `hold` in `streamTask`): bounded per stream only, the principal's 100 stalled streams held 100 MiB,
+// and its sockets their 64 MiB besides.
 
 /** An open stream, as the server sees it. @internal */
 export interface OpenStream {
@@ -281,6 +285,14 @@ export function streamTask(
    * read: the events after them are read again from the cursor.
    */
   let held: { readonly events: readonly TaskEvent[]; readonly from: number } | undefined;
+  /** What `held` weighs in bytes of frame text, counted in the principal's queued bytes (see `hold`). */
+  let heldBytes = 0;
+  /** Lets go of `held`, giving its bytes back to the principal's budget. */
+  const letGo = () => {
+    held = undefined;
+    if (heldBytes > 0) ctx.limits.addQueuedBytes(principal.id, -heldBytes);
+    heldBytes = 0;
+  };
   /** Destroys the stream if 'drain' does not come in time; set while `draining`. */
   let stall: (() => void) | undefined;
   /**
@@ -317,7 +329,7 @@ export function streamTask(
       // Destroyed meanwhile (the shutdown's deadline, the connection closed): no 'finish' comes.
       response.once('close', stall);
     } else stall?.();
-    held = undefined;
+    letGo();
     response.off('drain', drained);
     stream?.close();
     ctx.open.delete(opened);
@@ -351,7 +363,7 @@ export function streamTask(
     if (ended) return;
     ctx.metrics.resyncs.inc({ reason });
     // Events of the old epoch: never written now, whose ids would name the new one.
-    held = undefined;
+    letGo();
     load = 'reset';
     begin();
   };
@@ -455,25 +467,45 @@ export function streamTask(
         return;
       }
       if (draining) {
-        if (index + 1 < events.length) held = heldRest(events, index + 1);
+        if (index + 1 < events.length) hold(events, index + 1);
         return;
       }
     }
   };
 
   /**
-   * The rest of a page from `from` on, cut to {@link MAX_HELD_BYTES} of frame text: what is cut is read
-   * again from the cursor at 'drain' (a new hub stream reads on from the last seq written). A copy, so
+   * Holds the rest of a page from `from` on, cut to {@link MAX_HELD_BYTES} of frame text: what is cut is
+   * read again from the cursor at 'drain' (a new hub stream reads on from the last seq written). A copy, so
    * the page's events already written, and their cached frame texts, are not kept with it.
    */
-  const heldRest = (events: readonly TaskEvent[], from: number) => {
-    let end = from;
+  const hold = (events: readonly TaskEvent[], from: number) => {
+    letGo();
+    // Ended by the write that filled the buffer (the client left): nothing gives the bytes back after.
+    if (ended) return;
+    let to = from;
     let bytes = 0;
-    while (end < events.length && bytes < MAX_HELD_BYTES) {
-      bytes += eventFrameText(events[end] as TaskEvent).length;
-      end++;
+    while (to < events.length && bytes < MAX_HELD_BYTES) {
+      bytes += eventFrameText(events[to] as TaskEvent).length;
+      to++;
     }
-    return { events: events.slice(from, end), from: 0 };
+    // The principal's budget, shared with its sockets' queues (`maxQueuedBytesPerPrincipal`): past it, the
+    // stream ends, as a socket whose queue takes the principal past it does, and its reader resumes from its
+    // Last-Event-ID. Holding nothing instead and reading on from the cursor at each 'drain' cost a page read
+    // (1,000 events of up to 16 KiB, copied) per 16 KiB the reader took: 21,000 events read in a second for
+    // three such streams.
+    if (!ctx.limits.addQueuedBytes(principal.id, bytes)) {
+      ctx.limits.addQueuedBytes(principal.id, -bytes);
+      ctx.logger.info(
+        { taskId, bound: 'maxQueuedBytesPerPrincipal' },
+        'SSE reader reads too slowly and its principal holds maxQueuedBytesPerPrincipal; dropping the stream',
+      );
+      end('max_queued_bytes');
+      // Destroyed too: the end waits behind the full buffer the reader is not reading.
+      response.destroy();
+      return;
+    }
+    held = { events: events.slice(from, to), from: 0 };
+    heldBytes = bytes;
   };
 
   /** What the hub stream `own()` hands over, taken only while it is the current one. */
@@ -605,7 +637,7 @@ export function streamTask(
     // The rest of the page first: once it is written (the buffer did not fill again), a new hub stream
     // reads on from the cursor. Nothing else is written between: the hub stream was stale meanwhile.
     const rest = held;
-    held = undefined;
+    letGo();
     if (rest !== undefined) writeEvents(rest.events, rest.from);
     begin();
   }

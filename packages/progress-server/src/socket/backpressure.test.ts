@@ -42,7 +42,26 @@ async function congestibleServer(
   server: ProgressServer;
   url: string;
   congested: { on: boolean };
+  /** The bounds named by the server's "send queue over …" log lines, in order. */
+  overflows: string[];
 }> {
+  const overflows: string[] = [];
+  const noop = () => undefined;
+  const logger = {
+    debug: noop,
+    warn: noop,
+    error: noop,
+    info: (obj: Record<string, unknown>, msg?: string) => {
+      if (msg?.startsWith('send queue over')) {
+        // The message and its `bound` field name the same bound, with that bound's value.
+        expect(msg).toBe(
+          `send queue over ${String(obj.bound)} (client reads too slowly); terminating socket`,
+        );
+        expect(obj[String(obj.bound)]).toEqual(expect.any(Number));
+        overflows.push(String(obj.bound));
+      }
+    },
+  };
   const congested = { on: false };
   const httpServer = createServer();
   const wss = new WebSocketServer({ server: httpServer, handleProtocols: () => PROTOCOL_NAME });
@@ -59,6 +78,7 @@ async function congestibleServer(
     wss,
     authenticate: headerAuth,
     backpressurePollMs: 5,
+    logger,
     ...overrides,
   });
   cleanups.push(async () => {
@@ -66,7 +86,12 @@ async function congestibleServer(
     wss.close();
     await new Promise((resolve) => httpServer.close(resolve));
   });
-  return { server, url: `ws://127.0.0.1:${(httpServer.address() as AddressInfo).port}/`, congested };
+  return {
+    server,
+    url: `ws://127.0.0.1:${(httpServer.address() as AddressInfo).port}/`,
+    congested,
+    overflows,
+  };
 }
 
 const typeOf = (frame: Received) =>
@@ -122,7 +147,7 @@ describe('backpressure', () => {
   // Found by a review: items and terminal events are never dropped, so a reader slower than its tasks'
   // items (or one that stopped reading, until the liveness check noticed) made the queue grow without bound.
   it('terminates a socket whose queue outgrows maxQueuedFrames; the client resumes from its cursor', async () => {
-    const { server, url, congested } = await congestibleServer({ maxQueuedFrames: 50 });
+    const { server, url, congested, overflows } = await congestibleServer({ maxQueuedFrames: 50 });
     const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
     client = await RawClient.connect(url, { user: 'alice' });
     client.send({ type: 'subscribe', taskId: task.id, afterSeq: 0 });
@@ -132,6 +157,7 @@ describe('backpressure', () => {
     for (let item = 1; item <= 60; item++) await task.item({ key: `node-${item}`, ok: true });
     const closed = await Promise.race([client.closed, sleep(5000).then(() => ({ code: 'still open' }))]);
     expect(closed.code).toBe(1006);
+    expect(overflows).toEqual(['maxQueuedFrames']);
     congested.on = false;
     // The client comes back (resuming from its cursor, here from the start) and is answered.
     client = await RawClient.connect(url, { user: 'alice' });
@@ -144,7 +170,7 @@ describe('backpressure', () => {
   // 16 KiB, so a socket that stopped reading held 10,000 of them (copies of its own when a catch-up read
   // them from the store): 75 MB for a socket following five tasks, until the liveness check noticed.
   it('terminates a socket whose queued frames outweigh maxQueuedBytes, well before maxQueuedFrames', async () => {
-    const { server, url, congested } = await congestibleServer();
+    const { server, url, congested, overflows } = await congestibleServer();
     const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
     client = await RawClient.connect(url, { user: 'alice' });
     client.send({ type: 'subscribe', taskId: task.id, afterSeq: 0 });
@@ -155,12 +181,17 @@ describe('backpressure', () => {
     for (let item = 1; item <= 1100; item++) await task.item({ key: `node-${item}`, ok: true, detail });
     const closed = await Promise.race([client.closed, sleep(5000).then(() => ({ code: 'still open' }))]);
     expect(closed.code).toBe(1006);
+    // The log names the bound that tripped: it said maxQueuedFrames whichever did, until 7 December 2026,
+    // and an operator raising that one changed nothing.
+    expect(overflows).toEqual(['maxQueuedBytes']);
   });
 
   // Found by a review (7 December 2026): maxQueuedBytes bounds one socket, and a principal may open 100 of
   // them: its stalled sockets held 16 MiB of frames each, 1.6 GB and the events behind them.
   it("terminates the socket that takes its principal's queued frames past maxQueuedBytesPerPrincipal; others go on", async () => {
-    const { server, url, congested } = await congestibleServer({ maxQueuedBytesPerPrincipal: 1024 * 1024 });
+    const { server, url, congested, overflows } = await congestibleServer({
+      maxQueuedBytesPerPrincipal: 1024 * 1024,
+    });
     const detail = 'x'.repeat(16_000);
     const watch = async (user: string) => {
       const task = await server.tasks.create({ owner: user, kind: 'k' });
@@ -182,6 +213,7 @@ describe('backpressure', () => {
     const aliceOpen = await Promise.all(alice.map(({ raw }) => open(raw)));
     expect(aliceOpen.filter((isOpen) => !isOpen).length).toBeGreaterThanOrEqual(1);
     expect(aliceOpen.filter((isOpen) => isOpen).length).toBeGreaterThanOrEqual(1);
+    expect(new Set(overflows)).toEqual(new Set(['maxQueuedBytesPerPrincipal']));
     // Bob's socket holds his own queue, whatever alice's hold: it goes on, and gets every item.
     expect(await open(bob.raw)).toBe(true);
     congested.on = false;

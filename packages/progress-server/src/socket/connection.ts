@@ -122,17 +122,12 @@ export class Connection<P extends Principal> {
       log: (taskId) => this.#subs.get(taskId),
       // Events are queued only for subscriptions, so after authentication: the principal is known.
       queuedBytes: (delta) => ctx.limits.addQueuedBytes((this.#gate.principal as P).id, delta),
-      overflow: () => {
+      overflow: (bound) => {
         // No close frame: it would wait behind the backlog the peer is not reading. The client reconnects
         // and resumes from its cursor, as after the liveness check's termination.
         this.#ctx.logger.info(
-          {
-            connection: this.id,
-            maxQueuedFrames: this.#options.maxQueuedFrames,
-            maxQueuedBytes: this.#options.maxQueuedBytes,
-            maxQueuedBytesPerPrincipal: this.#options.maxQueuedBytesPerPrincipal,
-          },
-          'send queue over maxQueuedFrames (client reads too slowly); terminating socket',
+          { connection: this.id, bound, [bound]: this.#options[bound] },
+          `send queue over ${bound} (client reads too slowly); terminating socket`,
         );
         this.#ws.terminate();
       },

@@ -24,7 +24,7 @@ function writerOver(
 ) {
   const store = new MemoryProgressStore();
   const sent: string[] = [];
-  let overflows = 0;
+  const bounds: string[] = [];
   const ws = {
     readyState: WebSocket.OPEN,
     bufferedAmount: 0,
@@ -50,12 +50,12 @@ function writerOver(
     isOpen: () => true,
     guard: (fn) => fn(),
     queuedBytes,
-    overflow: () => {
-      overflows += 1;
+    overflow: (bound) => {
+      bounds.push(bound);
     },
     log: () => undefined,
   });
-  return { writer, ws, sent, metrics, overflows: () => overflows };
+  return { writer, ws, sent, metrics, overflows: () => bounds.length, bounds };
 }
 
 /** The dropped-frames counter by frame type, as the registry exposes it. */
@@ -111,7 +111,7 @@ describe('SocketWriter over maxQueuedFrames', () => {
     // The socket is ending: what arrives meanwhile is neither queued nor a second end.
     writer.pushEvent(item(5), log);
     writer.pushSnapshot({ id: 'b', seq: 1 } as TaskView);
-    writer.overflow();
+    writer.overflow('maxQueuedFrames');
     expect(overflows()).toBe(1);
     // Nothing was kept for it: a drain has nothing to write.
     ws.bufferedAmount = 0;
@@ -183,6 +183,27 @@ describe('SocketWriter over maxQueuedBytesPerPrincipal', () => {
     expect(limits.usage('bob').queuedBytes).toBe(0);
     for (const { writer } of alice) writer.stop();
     bob.writer.stop();
+    expect(limits.usage('alice').queuedBytes).toBe(0);
+  });
+  it("counts what a renewal's re-check holds in the principal's budget, and gives it back when released", () => {
+    const limits = new PrincipalLimits({
+      maxSockets: 100,
+      maxSubscriptions: 1000,
+      ratePerSecond: 500,
+      maxQueuedBytes: 100_000,
+      clock: Date.now,
+    });
+    const { writer, bounds } = writerOver(1024, 10_000, (delta) => limits.addQueuedBytes('alice', delta));
+    writer.hold(60_000);
+    expect(limits.usage('alice').queuedBytes).toBe(60_000);
+    writer.released(1, 60_000);
+    expect(limits.usage('alice').queuedBytes).toBe(0);
+    writer.hold(60_000);
+    writer.hold(60_000);
+    expect(bounds).toEqual(['maxQueuedBytesPerPrincipal']);
+    // Held until the subscriptions let go, then given back.
+    writer.released(2, 120_000);
+    writer.stop();
     expect(limits.usage('alice').queuedBytes).toBe(0);
   });
 });

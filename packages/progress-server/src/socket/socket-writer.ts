@@ -83,9 +83,15 @@ export interface WriterContext {
    * `maxQueuedBytes`). Absent: no bound over the principal's sockets.
    */
   queuedBytes?: ((delta: number) => boolean) | undefined;
-  /** The queue outgrew `maxQueuedFrames` or `maxQueuedBytes` (called once): the socket must end. */
-  overflow(): void;
+  /**
+   * The queue outgrew `bound` (called once): the socket must end. Named so the operator's log says which
+   * bound to raise: a byte bound tripped by a few large items was reported as `maxQueuedFrames`.
+   */
+  overflow(bound: QueueBound): void;
 }
+
+/** The bound of what a socket holds for its client that ended it (see {@link WriterContext.overflow}). */
+export type QueueBound = 'maxQueuedFrames' | 'maxQueuedBytes' | 'maxQueuedBytesPerPrincipal';
 
 /**
  * Writes one socket's frames. Queued entries go out while the socket's buffer is below the high-water
@@ -118,6 +124,8 @@ export class SocketWriter {
   #overflowed = false;
   /** Deliveries the socket's subscriptions hold for a renewal's re-check (see {@link hold}). */
   #held = 0;
+  /** What the events of those deliveries weigh, in bytes of frame text, as the queue weighs its own. */
+  #heldBytes = 0;
   /** The queue's weight as last told to the principal's budget (`WriterContext.queuedBytes`). */
   #reportedBytes = 0;
 
@@ -197,9 +205,9 @@ export class SocketWriter {
    */
   #checkBound(): void {
     const { maxQueuedFrames, maxQueuedBytes } = this.#ctx.options;
-    if (this.#queue.size <= maxQueuedFrames && this.#queue.bytes <= maxQueuedBytes && this.#reportBytes())
-      return;
-    this.overflow();
+    if (this.#queue.size + this.#held > maxQueuedFrames) this.overflow('maxQueuedFrames');
+    else if (this.#queue.bytes + this.#heldBytes > maxQueuedBytes) this.overflow('maxQueuedBytes');
+    else if (!this.#reportBytes()) this.overflow('maxQueuedBytesPerPrincipal');
   }
 
   /**
@@ -210,37 +218,42 @@ export class SocketWriter {
    * the queue is cleared.
    */
   #reportBytes(): boolean {
-    const delta = this.#queue.bytes - this.#reportedBytes;
+    const bytes = this.#queue.bytes + this.#heldBytes;
+    const delta = bytes - this.#reportedBytes;
     if (delta === 0) return true;
-    this.#reportedBytes = this.#queue.bytes;
+    this.#reportedBytes = bytes;
     return this.#ctx.queuedBytes?.(delta) ?? true;
   }
 
   /**
-   * A subscription of this socket holds one more delivery for a token renewal's re-check (see
-   * `Subscription.suspend`). What its subscriptions hold counts against `maxQueuedFrames` with the queue,
-   * for the socket as a whole: bounded per subscription, a socket following many tasks held that many
-   * times the bound. Past it the socket ends, as when its queue outgrows it. Not on the live path: only
-   * while a re-check runs.
+   * A subscription of this socket holds one more delivery, whose events weigh `bytes` of frame text, for a
+   * token renewal's re-check (see `Subscription.suspend`). What its subscriptions hold counts with the
+   * queue against `maxQueuedFrames` and `maxQueuedBytes`, for the socket as a whole (bounded per
+   * subscription, a socket following many tasks held that many times the bound), and against its
+   * principal's `maxQueuedBytesPerPrincipal`. Past one the socket ends, as when its queue outgrows it. Not
+   * on the live path: only while a re-check runs.
    */
-  hold(): void {
+  hold(bytes: number): void {
     this.#held += 1;
-    if (this.#held + this.#queue.size > this.#ctx.options.maxQueuedFrames) this.overflow();
+    this.#heldBytes += bytes;
+    this.#checkBound();
   }
 
-  /** `count` deliveries held (see {@link hold}) went on, or were dropped. */
-  released(count: number): void {
+  /** `count` deliveries held (see {@link hold}), weighing `bytes`, went on, or were dropped. */
+  released(count: number, bytes: number): void {
     this.#held -= count;
+    this.#heldBytes -= bytes;
+    this.#reportBytes();
   }
 
-  /** The socket holds more for its client than `maxQueuedFrames`: it ends (once), and nothing more is queued. */
-  overflow(): void {
+  /** The socket holds more for its client than `bound` allows: it ends (once), and nothing more is queued. */
+  overflow(bound: QueueBound): void {
     if (this.#overflowed) return;
     this.#overflowed = true;
     this.#queue.clear();
     this.#resets.clear();
     this.#reportBytes();
-    this.#ctx.overflow();
+    this.#ctx.overflow(bound);
   }
 
   /**

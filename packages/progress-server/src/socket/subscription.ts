@@ -8,6 +8,7 @@
 import type { TaskEvent, TaskView } from '@finishline/core';
 import type { StreamSink, TaskStream } from '../hub/task-stream.js';
 import type { ServerMetrics } from '../metrics.js';
+import { eventFrameText } from './event-frame-text.js';
 import type { SocketWriter, WrittenLog } from './socket-writer.js';
 
 /** What a subscription needs from its socket. */
@@ -97,6 +98,8 @@ export class Subscription implements WrittenLog {
    * delivers meanwhile waits here, in order, until the new credential is found to allow the task.
    */
   #held: Array<() => void> | undefined;
+  /** What the events in {@link #held} weigh, in bytes of their frame text (see `SocketWriter.hold`). */
+  #heldBytes = 0;
 
   constructor(taskId: string, ctx: SubscriptionContext) {
     this.taskId = taskId;
@@ -277,8 +280,9 @@ export class Subscription implements WrittenLog {
 
   /**
    * A renewed credential is about to be checked against this subscription: until {@link resume}, what its
-   * stream delivers is held (at most `maxQueuedFrames` deliveries with the socket's queue, over all its
-   * subscriptions; past them the socket ends, as when its queue outgrows them). Sent on, the task's frames
+   * stream delivers is held (at most `maxQueuedFrames` deliveries and `maxQueuedBytes` of event frames
+   * with the socket's queue, over all its subscriptions, and counted in its principal's
+   * `maxQueuedBytesPerPrincipal`; past them the socket ends, as when its queue outgrows them). Sent on, the task's frames
    * went out while the check ran under a credential that may not watch the task, and after the replaced
    * credential had expired (its expiry is no longer enforced once a renewal is accepted). Held for the length of one store read and one `authorize` call;
    * dropped if the check refuses the task. Only an authorized subscription is held: any other is still
@@ -303,8 +307,9 @@ export class Subscription implements WrittenLog {
   /** Lets go of what was held for a re-check (see {@link suspend}): the socket's count of it goes down. */
   #dropHeld(): void {
     if (this.#held === undefined) return;
-    this.#ctx.writer.released(this.#held.length);
+    this.#ctx.writer.released(this.#held.length, this.#heldBytes);
     this.#held = undefined;
+    this.#heldBytes = 0;
   }
 
   /** See `#epochResetDue`: the reset of a new epoch is still to reach the client. */
@@ -366,19 +371,24 @@ export class Subscription implements WrittenLog {
   #sinkOf(stream: () => TaskStream): StreamSink {
     const current = (): boolean => this.isCurrent(stream());
     /** Runs `deliver` now, or once a renewal's re-check allowed the task (see `suspend`). */
-    const deliverOrHold = (deliver: () => void): void => {
+    const deliverOrHold = (deliver: () => void, events?: readonly TaskEvent[]): void => {
       if (!current()) return;
       if (this.#held === undefined) {
         deliver();
         return;
       }
       this.#held.push(() => current() && deliver());
-      // Bounded with the socket's queue, over all its subscriptions: a re-check that never ends (an
-      // `authorize` hook that hangs) must not pin the tasks' events without limit.
-      this.#ctx.writer.hold();
+      // Bounded with the socket's queue, over all its subscriptions, in deliveries and in bytes: a re-check
+      // that never ends (an `authorize` hook that hangs; one per subscription, in turn) must not pin the
+      // tasks' events without limit. Counted only, a delivery of a catch-up page or a group commit is one
+      // entry however many 16 KiB items it carries: 10,000 held were 160 MB, past `maxQueuedBytes`.
+      let bytes = 0;
+      if (events !== undefined) for (const event of events) bytes += eventFrameText(event).length;
+      this.#heldBytes += bytes;
+      this.#ctx.writer.hold(bytes);
     };
     return {
-      events: (events) => deliverOrHold(() => this.#events(events)),
+      events: (events) => deliverOrHold(() => this.#events(events), events),
       snapshot: (view) =>
         deliverOrHold(() => {
           this.snapshot(view);

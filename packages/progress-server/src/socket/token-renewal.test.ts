@@ -461,7 +461,10 @@ describe('token renewal: the re-check window', () => {
   type Scoped = Principal & { scope: string };
   async function startScoped(
     held: { promise: Promise<void> },
-    overrides: { maxQueuedFrames?: number } = {},
+    overrides: Pick<
+      ProgressServerOptions,
+      'maxQueuedFrames' | 'maxQueuedBytes' | 'maxQueuedBytesPerPrincipal'
+    > = {},
   ): Promise<TestServer> {
     return session.start({
       ...overrides,
@@ -620,6 +623,26 @@ describe('token renewal: the re-check window', () => {
       await task.item({ key: `node-${item}`, ok: true });
       await other.item({ key: `node-${item}`, ok: true });
     }
+    const closed = await Promise.race([client.closed, sleep(2000).then(() => ({ code: 'still open' }))]);
+    expect(closed.code).toBe(1006);
+    held.open();
+  });
+
+  // Found by a review (7 December 2026): what a re-check held was bounded by its count of deliveries
+  // only, and a delivery is a whole group commit or catch-up page: 10,000 held deliveries of 16 KiB items
+  // pinned 160 MB for one socket (a re-check takes up to upgradeTimeoutMs per subscription, in turn), ten
+  // times maxQueuedBytes, and counted nowhere in the principal's maxQueuedBytesPerPrincipal.
+  it.each([
+    ['maxQueuedBytes', { maxQueuedBytes: 64 * 1024 }],
+    ['maxQueuedBytesPerPrincipal', { maxQueuedBytesPerPrincipal: 64 * 1024 }],
+  ] as const)('bounds what the re-check holds by %s too, not only by its count', async (_bound, bound) => {
+    const held = gate(); // never opened: the authorize hook of the renewed credential hangs
+    const { server } = await startScoped(held, bound);
+    const { task, client } = await watching(server, 'alice:60000:all');
+    await renew(client, 'alice:60000:some');
+    // 12 deliveries of 8 KB items: 100 KB held, far below maxQueuedFrames, past the 64 KiB bound.
+    const detail = 'x'.repeat(8000);
+    for (let item = 1; item <= 12; item++) await task.item({ key: `node-${item}`, ok: true, detail });
     const closed = await Promise.race([client.closed, sleep(2000).then(() => ({ code: 'still open' }))]);
     expect(closed.code).toBe(1006);
     held.open();
