@@ -49,6 +49,13 @@ describe('the configuration from the environment', () => {
       ['SESSION_SECRET', 'short'],
       ['PROXY_SECRET', 'short'],
     ];
+    // DATABASE_URL named, its value not shown (it may hold a password).
+    for (const value of ['notaurl', 'mysql://u:secret@h/db', '/var/run/postgresql app']) {
+      expect(() => load({ DATABASE_URL: value }), value).toThrow(/DATABASE_URL\) must be a postgres:\/\//);
+    }
+    expect(load({ DATABASE_URL: 'postgresql://u:p@db:5432/app' }).databaseUrl).toBe(
+      'postgresql://u:p@db:5432/app',
+    );
     for (const [name, value] of cases) {
       expect(() => load({ [name]: value }), `${name}=${value}`).toThrow(name);
       expect(() => load({ [name]: value }), `${name}=${value}`).toThrow(value === 'short' ? '5' : value);
@@ -104,6 +111,7 @@ describe('the configuration from the environment', () => {
   it('refuses TRUST_PROXY=yes and a port past 65535 in the replica launcher too', () => {
     expect(() => loadReplicasConfig([], { TRUST_PROXY: 'yes' })).toThrow(/TRUST_PROXY/);
     expect(() => loadReplicasConfig([], { PORT: '70000' })).toThrow(/PORT/);
+    expect(() => loadReplicasConfig([], { DATABASE_URL: 'notaurl' })).toThrow(/DATABASE_URL/);
     expect(() => loadReplicasConfig(['--kube-timeout-ms', String(2 ** 31)], {})).toThrow(/--kube-timeout-ms/);
   });
 

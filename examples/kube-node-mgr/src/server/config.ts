@@ -151,6 +151,25 @@ export function trustProxyFlag(flag: boolean | undefined, env: NodeJS.ProcessEnv
   throw new Error(`TRUST_PROXY must be 1, true, 0 or false (got "${value}")`);
 }
 
+/**
+ * `--database-url` / `DATABASE_URL`: a `postgres://` or `postgresql://` URL (`undefined` when unset or empty).
+ * Anything else reached pg, which read `notaurl` as a host named "base" ("Migrating schema finishline failed:
+ * getaddrinfo ENOTFOUND base"), and a form pg takes but `URL` does not failed after the store was open.
+ */
+export function databaseUrlFlag(value: string | undefined): string | undefined {
+  if (value === undefined || value === '') return undefined;
+  let protocol: string | undefined;
+  try {
+    protocol = new URL(value).protocol;
+  } catch {
+    protocol = undefined;
+  }
+  // The URL itself is not shown: it may hold the password.
+  if (protocol !== 'postgres:' && protocol !== 'postgresql:')
+    throw new Error('--database-url (DATABASE_URL) must be a postgres:// or postgresql:// URL');
+  return value;
+}
+
 /** A secret from the environment: at least 16 characters when given (`undefined` when unset or empty). */
 function secretVariable(name: string, value: string | undefined): string | undefined {
   if (value === undefined || value === '') return undefined;
@@ -190,7 +209,7 @@ export function loadConfig(
     kube,
     demo: readDemo(values, env),
     dataDir,
-    databaseUrl: values['database-url'] ?? (env.DATABASE_URL || undefined),
+    databaseUrl: databaseUrlFlag(values['database-url'] ?? env.DATABASE_URL),
     usersFile,
     sessionSecret: secretVariable('SESSION_SECRET', env.SESSION_SECRET) ?? persistentSecret(dataDir),
     // At most createApp's bound of concurrency.

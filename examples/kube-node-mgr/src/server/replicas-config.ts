@@ -1,6 +1,7 @@
 import { parseArgs } from 'node:util';
 import {
   assertDemoUsersStayLocal,
+  databaseUrlFlag,
   intFlag,
   MAX_TIMER_MS,
   readDemo,
@@ -112,6 +113,6 @@ export function loadReplicasConfig(argv: string[], env: NodeJS.ProcessEnv): Repl
     serverArgs,
     trustProxy: trustProxyFlag(values['trust-proxy'], env),
     namePrefix: values.name ?? 'replica',
-    databaseUrl: values['database-url'] ?? (env.DATABASE_URL || undefined),
+    databaseUrl: databaseUrlFlag(values['database-url'] ?? env.DATABASE_URL),
   };
 }
