@@ -108,6 +108,14 @@ describe('the configuration from the environment', () => {
     }
   });
 
+  it('names the kubeconfig whose YAML is broken', () => {
+    const file = path.join(dir, 'kubeconfig');
+    writeFileSync(file, 'clusters: [\n');
+    expect(() => loadKubeConfig({ type: 'kubeconfig', path: file, context: undefined })).toThrow(
+      `kubeconfig ${file}: `,
+    );
+  });
+
   it('refuses TRUST_PROXY=yes and a port past 65535 in the replica launcher too', () => {
     expect(() => loadReplicasConfig([], { TRUST_PROXY: 'yes' })).toThrow(/TRUST_PROXY/);
     expect(() => loadReplicasConfig([], { PORT: '70000' })).toThrow(/PORT/);

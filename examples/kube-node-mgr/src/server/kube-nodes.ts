@@ -54,7 +54,15 @@ export function loadKubeConfig(source: KubeSource): KubeConfig {
   switch (source.type) {
     case 'kubeconfig':
       if (source.path === undefined) kc.loadFromDefault();
-      else kc.loadFromFile(source.path);
+      else {
+        try {
+          kc.loadFromFile(source.path);
+        } catch (error) {
+          // The YAML parser's message names no file: "unexpected end of the stream within a flow collection".
+          const message = error instanceof Error ? error.message : String(error);
+          throw new Error(`kubeconfig ${source.path}: ${message.split('\n')[0]}`, { cause: error });
+        }
+      }
       if (source.context !== undefined) kc.setCurrentContext(source.context);
       break;
     case 'in-cluster':
