@@ -113,14 +113,16 @@ describe('loadReplicasConfig', () => {
     ]);
     for (const flag of Object.keys(SERVER_OPTIONS)) {
       if (actedOn.has(flag) || flag.startsWith('demo-')) continue;
-      const config = loadReplicasConfig([`--${flag}`, '5000'], {});
-      expect(config === 'help' ? [] : config.serverArgs, flag).toEqual([`--${flag}`, '5000']);
+      const config = loadReplicasConfig([`--${flag}`, '500'], {});
+      expect(config === 'help' ? [] : config.serverArgs, flag).toEqual([`--${flag}`, '500']);
     }
   });
 
   it('rejects unknown flags and bad values with a message naming the flag', () => {
     expect(() => loadReplicasConfig(['--bogus'], {})).toThrow(/--bogus/);
-    expect(() => loadReplicasConfig(['--replicas', '0'], {})).toThrow(/--replicas must be an integer ≥ 1/);
+    expect(() => loadReplicasConfig(['--replicas', '0'], {})).toThrow(
+      /--replicas \(REPLICAS\) must be an integer ≥ 1/,
+    );
     expect(() => loadReplicasConfig(['--replicas', String(MAX_REPLICAS + 1)], {})).toThrow(/at most/);
     expect(() => loadReplicasConfig(['--port', 'x'], {})).toThrow(/--port/);
     expect(() => loadReplicasConfig(['--concurrency', '0'], {})).toThrow(/--concurrency/);

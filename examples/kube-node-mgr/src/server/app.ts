@@ -3,7 +3,7 @@ import { existsSync } from 'node:fs';
 import http from 'node:http';
 import path from 'node:path';
 import type { Duplex } from 'node:stream';
-import { ErrorCode, isProgressError, type ProgressStore } from '@finishline/core';
+import { ErrorCode, isProgressError, ProgressError, type ProgressStore } from '@finishline/core';
 import {
   forwardedClientAddress,
   type ProgressLogger,
@@ -58,7 +58,9 @@ export interface AppOptions {
    * How long the audit log is kept: sign-in, sign-out and cancel events and the batch records (the audit
    * page's and the task list's rows) older than this are deleted by the retention runs
    * ({@link AppOptions.retentionIntervalMs}). Keep it at least
-   * {@link AppOptions.taskRetentionMs}, or a finished batch still in the store loses its record first.
+   * {@link AppOptions.taskRetentionMs} (a finished batch still in the store would lose its record first) and
+   * at least 24 h (an `Idempotency-Key` retried after its batch's record went would start the batch again):
+   * `createApp` refuses less with a `ProgressError` of code `invalid_input`.
    * @default 7776000000 (90 days)
    */
   auditRetentionMs?: number;
@@ -199,6 +201,11 @@ export function batchBodyLimit(maxNodesPerBatch: number): number {
   return 64 * 1024 + maxNodesPerBatch * (253 + 3);
 }
 
+/** An option of {@link createApp} refused: a `ProgressError` of code `invalid_input` naming it. */
+function invalidAppOption(message: string): ProgressError {
+  return new ProgressError(ErrorCode.InvalidInput, `createApp: ${message}`);
+}
+
 /** Builds the Express app, the HTTP server and the Finishline server on it. */
 export function createApp(options: AppOptions): App {
   const config = { ...APP_DEFAULTS, ...options };
@@ -209,7 +216,7 @@ export function createApp(options: AppOptions): App {
     ['maxRunningBatchesPerUser', config.maxRunningBatchesPerUser, 1000],
   ] as const) {
     if (!Number.isInteger(value) || value < 1 || value > max)
-      throw new Error(`createApp: ${name} must be an integer from 1 to ${max} (got ${value})`);
+      throw invalidAppOption(`${name} must be an integer from 1 to ${max} (got ${value})`);
   }
   // setInterval fires a delay past 2^31 - 1 ms after 1 ms.
   for (const [name, value, min, max] of [
@@ -218,8 +225,20 @@ export function createApp(options: AppOptions): App {
     ['retentionIntervalMs', config.retentionIntervalMs, 1, 2 ** 31 - 1],
   ] as const) {
     if (!Number.isSafeInteger(value) || value < min || value > max)
-      throw new Error(`createApp: ${name} must be an integer from ${min} to ${max} (got ${value})`);
+      throw invalidAppOption(`${name} must be an integer from ${min} to ${max} (got ${value})`);
   }
+  // A batch's record (knm_tasks, deleted with the audit log) is what its page, its reruns and the task list
+  // read, and what says an Idempotency-Key's batch started. Deleted before the task, the batch still in the
+  // store answered 404 everywhere in the app; deleted within the key's 24 h, a retry of the key started the
+  // batch a second time. Both were accepted without a word.
+  if (config.auditRetentionMs < config.taskRetentionMs)
+    throw invalidAppOption(
+      `auditRetentionMs (${config.auditRetentionMs}) must be at least taskRetentionMs (${config.taskRetentionMs}): a finished batch still kept would lose its record (its page, its reruns) first`,
+    );
+  if (config.auditRetentionMs < IDEMPOTENCY_KEY_TTL_MS)
+    throw invalidAppOption(
+      `auditRetentionMs (${config.auditRetentionMs}) must be at least ${IDEMPOTENCY_KEY_TTL_MS} (24 h, how long an Idempotency-Key answers with its batch): a key sent again after its batch's record was deleted would start the batch again`,
+    );
   const { sessions, db, store } = config;
   const clusters = new ClusterSet(
     config.clusters ??
@@ -233,7 +252,7 @@ export function createApp(options: AppOptions): App {
   const proxyHops =
     config.trustProxy === true ? 1 : config.trustProxy === false ? 0 : (config.trustProxy ?? 0);
   if (!Number.isInteger(proxyHops) || proxyHops < 0 || proxyHops > 10)
-    throw new Error(`createApp: trustProxy must be a boolean or an integer from 0 to 10 (got ${proxyHops})`);
+    throw invalidAppOption(`trustProxy must be a boolean or an integer from 0 to 10 (got ${proxyHops})`);
   if (proxyHops > 0) app.set('trust proxy', proxyHops);
   app.use(securityHeaders);
   const server = http.createServer(app);
@@ -251,7 +270,7 @@ export function createApp(options: AppOptions): App {
   });
   if (config.proxySecret !== undefined) {
     if (config.proxySecret.length < 16)
-      throw new Error('createApp: proxySecret must have at least 16 characters');
+      throw invalidAppOption('proxySecret must have at least 16 characters');
     const digest = (value: string) => createHash('sha256').update(value).digest();
     const expected = digest(config.proxySecret);
     // Before the app and the progress server (its WebSocket upgrade and same-origin check) see the request.

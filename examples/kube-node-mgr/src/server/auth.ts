@@ -121,7 +121,15 @@ export interface UserRecord {
 
 /** Reads `{ "users": [{ "username", "passwordHash", "role"? }] }` (role: admin, operator or viewer). */
 export function loadUsersFile(path: string): UserRecord[] {
-  const parsed = JSON.parse(readFileSync(path, 'utf8')) as { users?: unknown };
+  let parsed: { users?: unknown };
+  try {
+    parsed = JSON.parse(readFileSync(path, 'utf8')) as { users?: unknown };
+  } catch (error) {
+    // JSON.parse's message names no file: "Unexpected token 'u', "users: [" is not valid JSON".
+    throw new Error(`${path}: ${error instanceof Error ? error.message : String(error)}`, { cause: error });
+  }
+  if (typeof parsed !== 'object' || parsed === null)
+    throw new Error(`${path}: must be a JSON object with a "users" list`);
   if (!Array.isArray(parsed.users) || parsed.users.length === 0)
     throw new Error(`${path}: "users" must be a non-empty list`);
   return parsed.users.map((u: unknown, i: number) => {

@@ -108,14 +108,77 @@ export type ServerFlags = ReturnType<
   typeof parseArgs<{ options: typeof SERVER_OPTIONS; strict: true }>
 >['values'];
 
-/** An integer flag or variable ≥ `min`; `fallback` when unset. Throws a message naming the flag. */
-export function intFlag(name: string, value: string | undefined, fallback: number, min: number): number {
+/** The longest delay a Node timer takes: a longer one (`setTimeout`, `AbortSignal.timeout`) fires after 1 ms. */
+export const MAX_TIMER_MS = 2 ** 31 - 1;
+
+/**
+ * An integer flag or variable from `min` to `max`; `fallback` when unset. Throws a message naming the flag
+ * and its variable (`name` is "--port (PORT)"). Without a bound, a port past 65535 failed at listen without
+ * naming its variable, and a delay past {@link MAX_TIMER_MS} fired after 1 ms: every Kubernetes request of
+ * `KUBE_TIMEOUT_MS=3000000000` timed out at once.
+ */
+export function intFlag(
+  name: string,
+  value: string | undefined,
+  fallback: number,
+  min: number,
+  max = Number.MAX_SAFE_INTEGER,
+): number {
   if (value === undefined || value === '') return fallback;
   const n = Number(value);
-  if (!Number.isInteger(n) || n < min)
-    throw new Error(`${name} must be an integer ≥ ${min} (got "${value}")`);
+  if (!Number.isInteger(n) || n < min || n > max)
+    throw new Error(
+      max === Number.MAX_SAFE_INTEGER
+        ? `${name} must be an integer ≥ ${min} (got "${value}")`
+        : `${name} must be an integer from ${min} to ${max} (got "${value}")`,
+    );
   return n;
 }
+
+/** The highest TCP port. */
+const MAX_PORT = 65_535;
+
+/**
+ * `TRUST_PROXY` (or `--trust-proxy`): `1` / `true` trust one proxy, `0` / `false` / unset none. Anything else
+ * (`yes`, `TRUE`, `on`) was taken as "none" without a word: Secure cookies and the proxy's client address
+ * silently off behind a TLS proxy the operator meant to trust.
+ */
+export function trustProxyFlag(flag: boolean | undefined, env: NodeJS.ProcessEnv): boolean {
+  if (flag === true) return true;
+  const value = env.TRUST_PROXY;
+  if (value === undefined || value === '' || value === '0' || value === 'false') return false;
+  if (value === '1' || value === 'true') return true;
+  throw new Error(`TRUST_PROXY must be 1, true, 0 or false (got "${value}")`);
+}
+
+/**
+ * `--database-url` / `DATABASE_URL`: a `postgres://` or `postgresql://` URL (`undefined` when unset or empty).
+ * Anything else reached pg, which read `notaurl` as a host named "base" ("Migrating schema finishline failed:
+ * getaddrinfo ENOTFOUND base"), and a form pg takes but `URL` does not failed after the store was open.
+ */
+export function databaseUrlFlag(value: string | undefined): string | undefined {
+  if (value === undefined || value === '') return undefined;
+  let protocol: string | undefined;
+  try {
+    protocol = new URL(value).protocol;
+  } catch {
+    protocol = undefined;
+  }
+  // The URL itself is not shown: it may hold the password.
+  if (protocol !== 'postgres:' && protocol !== 'postgresql:')
+    throw new Error('--database-url (DATABASE_URL) must be a postgres:// or postgresql:// URL');
+  return value;
+}
+
+/** A secret from the environment: at least 16 characters when given (`undefined` when unset or empty). */
+function secretVariable(name: string, value: string | undefined): string | undefined {
+  if (value === undefined || value === '') return undefined;
+  if (value.length < 16) throw new Error(`${name} must have at least 16 characters (got ${value.length})`);
+  return value;
+}
+
+/** The Finishline server's largest `leaseTtlMs`: a day. */
+const MAX_LEASE_TTL_MS = 86_400_000;
 
 /** Reads the configuration; throws with a clear message on bad values. */
 export function loadConfig(
@@ -142,30 +205,47 @@ export function loadConfig(
   assertDemoUsersStayLocal(kube, host, usersFile);
   return {
     host,
-    port: intFlag('--port', values.port ?? env.PORT, 3000, 0),
+    port: intFlag('--port (PORT)', values.port ?? env.PORT, 3000, 0, MAX_PORT),
     kube,
     demo: readDemo(values, env),
     dataDir,
-    databaseUrl: values['database-url'] ?? (env.DATABASE_URL || undefined),
+    databaseUrl: databaseUrlFlag(values['database-url'] ?? env.DATABASE_URL),
     usersFile,
-    sessionSecret: env.SESSION_SECRET || persistentSecret(dataDir),
-    concurrency: intFlag('--concurrency', values.concurrency ?? env.BATCH_CONCURRENCY, 4, 1),
+    sessionSecret: secretVariable('SESSION_SECRET', env.SESSION_SECRET) ?? persistentSecret(dataDir),
+    // At most createApp's bound of concurrency.
+    concurrency: intFlag(
+      '--concurrency (BATCH_CONCURRENCY)',
+      values.concurrency ?? env.BATCH_CONCURRENCY,
+      4,
+      1,
+      1000,
+    ),
     // Default: KUBE_NODES_DEFAULTS.requestTimeoutMs (kube-nodes.ts).
     kubeTimeoutMs: intFlag(
-      '--kube-timeout-ms',
+      '--kube-timeout-ms (KUBE_TIMEOUT_MS)',
       values['kube-timeout-ms'] ?? env.KUBE_TIMEOUT_MS,
       KUBE_NODES_DEFAULTS.requestTimeoutMs,
       1,
+      MAX_TIMER_MS,
     ),
-    leaseTtlMs: intFlag('--lease-ttl-ms', values['lease-ttl-ms'] ?? env.LEASE_TTL_MS, 15_000, 300),
+    // At most the Finishline server's bound of leaseTtlMs (a day).
+    leaseTtlMs: intFlag(
+      '--lease-ttl-ms (LEASE_TTL_MS)',
+      values['lease-ttl-ms'] ?? env.LEASE_TTL_MS,
+      15_000,
+      300,
+      MAX_LEASE_TTL_MS,
+    ),
     staticDir: path.resolve(cwd, values['static-dir'] ?? env.STATIC_DIR ?? defaultStaticDir),
+    // At most createApp's bound of trustProxy.
     trustProxy: intFlag(
-      '--trust-proxy-hops',
+      '--trust-proxy-hops (TRUST_PROXY_HOPS)',
       values['trust-proxy-hops'] ?? env.TRUST_PROXY_HOPS,
-      values['trust-proxy'] === true || env.TRUST_PROXY === '1' || env.TRUST_PROXY === 'true' ? 1 : 0,
+      trustProxyFlag(values['trust-proxy'], env) ? 1 : 0,
       0,
+      10,
     ),
-    proxySecret: env.PROXY_SECRET || undefined,
+    proxySecret: secretVariable('PROXY_SECRET', env.PROXY_SECRET),
     allowedOrigins: origins
       ? origins
           .split(',')
@@ -205,8 +285,15 @@ export function readKube(values: ServerFlags, env: NodeJS.ProcessEnv): Config['k
   const kubeServer = values['kube-server'] ?? env.KUBE_SERVER;
   const context = values.context ?? env.KUBE_CONTEXT;
   if (values.demo) return { type: 'demo' };
-  if (kubeServer)
-    return kubeServer.includes('=') ? parseServers(kubeServer) : { type: 'server', url: kubeServer };
+  if (kubeServer) {
+    if (kubeServer.includes('=')) return parseServers(kubeServer);
+    // Without a scheme (`localhost:8001`) the server started, and every Kubernetes call of it failed.
+    if (!/^https?:\/\/[^/]/.test(kubeServer))
+      throw new Error(
+        `--kube-server (KUBE_SERVER) must be an http(s) URL or NAME=URL,… (got "${kubeServer}")`,
+      );
+    return { type: 'server', url: kubeServer };
+  }
   if (kubeconfig) return { type: 'kubeconfig', path: kubeconfig, context };
   if (values['in-cluster'] || env.KUBERNETES_SERVICE_HOST) return { type: 'in-cluster' };
   return { type: 'demo' };
@@ -229,14 +316,22 @@ function parseServers(text: string): Config['kube'] {
 
 /** The built-in demo cluster's settings, from the `--demo-*` flags and variables. */
 export function readDemo(values: ServerFlags, env: NodeJS.ProcessEnv): Config['demo'] {
-  const failureRate = Number(values['demo-failure-rate'] ?? env.DEMO_FAILURE_RATE ?? 0);
-  if (!(failureRate >= 0 && failureRate <= 1)) throw new Error('--demo-failure-rate must be between 0 and 1');
+  const rate = values['demo-failure-rate'] ?? env.DEMO_FAILURE_RATE;
+  const failureRate = rate === undefined || rate === '' ? 0 : Number(rate);
+  if (!(failureRate >= 0 && failureRate <= 1))
+    throw new Error(`--demo-failure-rate (DEMO_FAILURE_RATE) must be between 0 and 1 (got "${rate}")`);
   return {
-    port: intFlag('--demo-port', values['demo-port'] ?? env.DEMO_PORT, 8001, 0),
+    port: intFlag('--demo-port (DEMO_PORT)', values['demo-port'] ?? env.DEMO_PORT, 8001, 0, MAX_PORT),
     clusters: demoClusters(values['demo-clusters'] ?? env.DEMO_CLUSTERS),
-    latencyMs: intFlag('--demo-latency-ms', values['demo-latency-ms'] ?? env.DEMO_LATENCY_MS, 150, 0),
+    latencyMs: intFlag(
+      '--demo-latency-ms (DEMO_LATENCY_MS)',
+      values['demo-latency-ms'] ?? env.DEMO_LATENCY_MS,
+      150,
+      0,
+      MAX_TIMER_MS,
+    ),
     failureRate,
-    seed: intFlag('--demo-seed', values['demo-seed'] ?? env.DEMO_SEED, 1, 0),
+    seed: intFlag('--demo-seed (DEMO_SEED)', values['demo-seed'] ?? env.DEMO_SEED, 1, 0),
     failNodes: (values['demo-fail-nodes'] ?? env.DEMO_FAIL_NODES ?? '')
       .split(',')
       .map((n) => n.trim())
@@ -245,15 +340,22 @@ export function readDemo(values: ServerFlags, env: NodeJS.ProcessEnv): Config['d
 }
 
 function demoClusters(value: string | undefined): number {
-  const n = intFlag('--demo-clusters', value, 2, 1);
-  if (n > 2) throw new Error(`--demo-clusters must be 1 or 2 (got "${value}")`);
+  const n = intFlag('--demo-clusters (DEMO_CLUSTERS)', value, 2, 1);
+  if (n > 2) throw new Error(`--demo-clusters (DEMO_CLUSTERS) must be 1 or 2 (got "${value}")`);
   return n;
 }
 
 /** A secret generated once into the data folder, so restarts keep sessions valid. */
 function persistentSecret(dataDir: string): string {
   const file = path.join(dataDir, 'session-secret');
-  if (existsSync(file)) return readFileSync(file, 'utf8').trim();
+  if (existsSync(file)) {
+    const secret = readFileSync(file, 'utf8').trim();
+    if (secret.length < 16)
+      throw new Error(
+        `${file} must hold a secret of at least 16 characters: delete it to have one generated`,
+      );
+    return secret;
+  }
   mkdirSync(dataDir, { recursive: true });
   const secret = randomBytes(32).toString('base64url');
   writeFileSync(file, secret, { mode: 0o600 });

@@ -54,7 +54,15 @@ export function loadKubeConfig(source: KubeSource): KubeConfig {
   switch (source.type) {
     case 'kubeconfig':
       if (source.path === undefined) kc.loadFromDefault();
-      else kc.loadFromFile(source.path);
+      else {
+        try {
+          kc.loadFromFile(source.path);
+        } catch (error) {
+          // The YAML parser's message names no file: "unexpected end of the stream within a flow collection".
+          const message = error instanceof Error ? error.message : String(error);
+          throw new Error(`kubeconfig ${source.path}: ${message.split('\n')[0]}`, { cause: error });
+        }
+      }
       if (source.context !== undefined) kc.setCurrentContext(source.context);
       break;
     case 'in-cluster':
@@ -168,8 +176,11 @@ export class KubeNodes {
 
   constructor(config: KubeConfig, options: KubeNodesOptions = {}) {
     const { requestTimeoutMs } = { ...KUBE_NODES_DEFAULTS, ...options };
-    if (!Number.isInteger(requestTimeoutMs) || requestTimeoutMs < 1)
-      throw new Error(`KubeNodes: requestTimeoutMs must be a positive integer (got ${requestTimeoutMs})`);
+    // AbortSignal.timeout fires a delay past 2^31 - 1 ms after 1 ms: every request timed out at once.
+    if (!Number.isInteger(requestTimeoutMs) || requestTimeoutMs < 1 || requestTimeoutMs > 2 ** 31 - 1)
+      throw new Error(
+        `KubeNodes: requestTimeoutMs must be an integer from 1 to ${2 ** 31 - 1} (got ${requestTimeoutMs})`,
+      );
     const cluster = config.getCurrentCluster();
     if (cluster === null) throw new Error('KubeNodes: the kubeconfig has no current cluster');
     // As KubeConfig.makeApiClient builds it, with the timed HTTP library instead of the default one.

@@ -1,5 +1,15 @@
 import { parseArgs } from 'node:util';
-import { assertDemoUsersStayLocal, intFlag, readDemo, readKube, SERVER_OPTIONS, USAGE } from './config.js';
+import {
+  assertDemoUsersStayLocal,
+  databaseUrlFlag,
+  intFlag,
+  MAX_TIMER_MS,
+  readDemo,
+  readKube,
+  SERVER_OPTIONS,
+  trustProxyFlag,
+  USAGE,
+} from './config.js';
 import type { DemoClusterOptions } from './demo-cluster.js';
 
 /** What `npm run serve:replicas` runs, from flags and environment variables (flags win). */
@@ -82,13 +92,13 @@ export function loadReplicasConfig(argv: string[], env: NodeJS.ProcessEnv): Repl
     if (typeof value === 'string') serverArgs.push(`--${flag}`, value);
   }
   // Checked here so a typo fails once, clearly, instead of in every replica.
-  intFlag('--concurrency', values.concurrency, 4, 1);
-  intFlag('--kube-timeout-ms', values['kube-timeout-ms'], 1, 1);
-  intFlag('--lease-ttl-ms', values['lease-ttl-ms'], 15_000, 300);
+  intFlag('--concurrency', values.concurrency, 4, 1, 1000);
+  intFlag('--kube-timeout-ms', values['kube-timeout-ms'], 1, 1, MAX_TIMER_MS);
+  intFlag('--lease-ttl-ms', values['lease-ttl-ms'], 15_000, 300, 86_400_000);
   // The replicas' hops are the launcher's to set: its own proxy is always one of them.
   if (values['trust-proxy-hops'] !== undefined)
     throw new Error('--trust-proxy-hops: the launcher sets it for its replicas; give --trust-proxy instead');
-  const replicas = intFlag('--replicas', values.replicas ?? env.REPLICAS, 3, 1);
+  const replicas = intFlag('--replicas (REPLICAS)', values.replicas ?? env.REPLICAS, 3, 1);
   if (replicas > MAX_REPLICAS)
     throw new Error(`--replicas must be at most ${MAX_REPLICAS} (got ${replicas})`);
   const host = values.host ?? env.HOST ?? '127.0.0.1';
@@ -96,13 +106,13 @@ export function loadReplicasConfig(argv: string[], env: NodeJS.ProcessEnv): Repl
   assertDemoUsersStayLocal(kube, host, values['users-file'] ?? (env.USERS_FILE || undefined));
   return {
     replicas,
-    port: intFlag('--port', values.port ?? env.PORT, 3000, 0),
+    port: intFlag('--port (PORT)', values.port ?? env.PORT, 3000, 0, 65_535),
     host,
     demo,
     kubeArgs,
     serverArgs,
-    trustProxy: values['trust-proxy'] === true || env.TRUST_PROXY === '1' || env.TRUST_PROXY === 'true',
+    trustProxy: trustProxyFlag(values['trust-proxy'], env),
     namePrefix: values.name ?? 'replica',
-    databaseUrl: values['database-url'] ?? (env.DATABASE_URL || undefined),
+    databaseUrl: databaseUrlFlag(values['database-url'] ?? env.DATABASE_URL),
   };
 }
