@@ -178,7 +178,7 @@ describe('Principal.expiresAt over HTTP and SSE', () => {
       { port: 0, host: '127.0.0.1' },
     );
     cleanups.push(() => progress.close({ timeoutMs: 200 }));
-    const port = (progress.httpServer!.address() as AddressInfo).port;
+    const port = (progress.httpServer.address() as AddressInfo).port;
     const task = await progress.tasks.create({ owner: 'alice', kind: 'k' });
     const answer = await get(`http://127.0.0.1:${port}/progress/tasks/${task.id}`, { 'x-user': 'alice' });
     expect(answer.status).toBe(401);
@@ -192,7 +192,7 @@ describe('Principal.expiresAt over HTTP and SSE', () => {
       { port: 0, host: '127.0.0.1' },
     );
     cleanups.push(() => progress.close({ timeoutMs: 200 }));
-    const port = (progress.httpServer!.address() as AddressInfo).port;
+    const port = (progress.httpServer.address() as AddressInfo).port;
     const task = await progress.tasks.create({ owner: 'alice', kind: 'k' });
     for (const path of [`/progress/tasks/${task.id}`, `/progress/tasks/${task.id}/stream`]) {
       const answer = await get(`http://127.0.0.1:${port}${path}`, {});
@@ -213,7 +213,7 @@ describe('Principal.expiresAt over HTTP and SSE', () => {
       { port: 0, host: '127.0.0.1' },
     );
     cleanups.push(() => progress.close({ timeoutMs: 200 }));
-    const port = (progress.httpServer!.address() as AddressInfo).port;
+    const port = (progress.httpServer.address() as AddressInfo).port;
     const task = await progress.tasks.create({ owner: 'alice', kind: 'k' });
     const answer = await get(`http://127.0.0.1:${port}/progress/tasks/${task.id}/stream`, {
       'x-user': 'alice',
@@ -247,7 +247,7 @@ describe('the re-check of a token renewal', () => {
       { port: 0, host: '127.0.0.1' },
     );
     cleanups.push(() => progress.close({ timeoutMs: 200 }));
-    const port = (progress.httpServer!.address() as AddressInfo).port;
+    const port = (progress.httpServer.address() as AddressInfo).port;
     const first = await progress.tasks.create({ owner: 'alice', kind: 'k' });
     const second = await progress.tasks.create({ owner: 'alice', kind: 'k' });
     const client = new RawClient(`ws://127.0.0.1:${port}/progress`);

@@ -353,7 +353,7 @@ export class ProgressServer<P extends Principal = Principal> {
   static async listen<P extends Principal = Principal>(
     options: Omit<ProgressServerOptions<P>, 'server' | 'wss'>,
     listenOptions: ListenOptions = {},
-  ): Promise<ProgressServer<P>> {
+  ): Promise<ProgressServer<P> & { readonly httpServer: HttpServer }> {
     const listenAt = resolveOptions('listen', LISTEN_OPTIONS, listenOptions);
     const headersTimeout = listenAt.headersTimeoutMs;
     const requestTimeout = listenAt.requestTimeoutMs;
@@ -421,7 +421,8 @@ export class ProgressServer<P extends Principal = Principal> {
       await progress.close({ timeoutMs: 0 });
       throw error;
     }
-    return progress;
+    // Typed with its `httpServer` (which `listen` made): `progress.httpServer.address()` needs no `!`.
+    return progress as ProgressServer<P> & { readonly httpServer: HttpServer };
   }
 
   /** The `http.Server` created by {@link ProgressServer.listen}, else `undefined`. */
