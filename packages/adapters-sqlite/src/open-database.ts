@@ -4,6 +4,7 @@ import type { Kysely } from 'kysely';
 import { sql } from 'kysely';
 import type { SqliteSchema } from './schema.js';
 import type { SqliteDatabase } from './sqlite-driver.js';
+import { toProgressError } from './sqlite-errors.js';
 import type { SqliteSynchronous } from './sqlite-store-options.js';
 
 /**
@@ -31,6 +32,30 @@ export function openDatabase(path: string, busyTimeoutMs: number): SqliteDatabas
       { cause: error },
     );
   }
+}
+
+/**
+ * What a failure to configure or migrate the database the store opened at `path` throws: its typed
+ * error (see `toProgressError`), the message naming the file and SQLite's result code. Without them, a
+ * process with several databases, or an operator reading a log, learned only "file is not a database",
+ * "database is locked" or "attempt to write a readonly database" (a directory SQLite cannot create the
+ * WAL's files in). `path` is `undefined` for a connection the caller passed, whose file the caller knows.
+ */
+export function openFailure(error: unknown, path: string | undefined): ProgressError {
+  const typed = toProgressError(error, 'open the database');
+  if (path === undefined) return typed;
+  let reason = error instanceof Error ? error.message : String(error);
+  if (!(error instanceof ProgressError)) {
+    const code = (error as { code?: unknown } | null)?.code;
+    if (code === 'SQLITE_READONLY_DIRECTORY') {
+      reason = `its directory is not writable, and SQLite creates the -wal and -shm files beside the database (${code})`;
+    } else if (typeof code === 'string') {
+      reason = `${reason} (${code})`;
+    }
+  }
+  return new ProgressError(typed.code, `Cannot open SQLite database ${JSON.stringify(path)}: ${reason}`, {
+    cause: error,
+  });
 }
 
 /** Sets the busy timeout, WAL (for a file) and `synchronous` on the store's connection. */

@@ -39,7 +39,7 @@ import { guardOnError } from './error-reporter.js';
 import type { LeaseContext } from './lease-statements.js';
 import { reapExpiredLeases, releaseLease, renewLease } from './lease-statements.js';
 import { migrate } from './migrations.js';
-import { configureDatabase, openDatabase } from './open-database.js';
+import { configureDatabase, openDatabase, openFailure } from './open-database.js';
 import { createQueryBuilder } from './query-builder.js';
 import type { EventRow, TaskRow } from './row-codec.js';
 import { rowToEvent, rowToTask, taskToRow } from './row-codec.js';
@@ -186,7 +186,7 @@ export class SqliteProgressStore implements ProgressStore {
       // database and report that on every tick.
       publisher?.stop();
       if (this.#ownsDatabase) database.close();
-      throw toProgressError(error, 'open the database');
+      throw openFailure(error, typeof resolved.database === 'string' ? resolved.database : undefined);
     }
     this.#database = database;
     this.#transactions = new WriteTransactions({

@@ -6,7 +6,7 @@ import Database from 'better-sqlite3';
 import { describe, expect, it, vi } from 'vitest';
 import { compareTsdocDefaults, defaultLiteral } from '../../../scripts/tsdoc-defaults.mjs';
 import type { SqliteDatabase, SqliteProgressStoreOptions } from '../src/index.js';
-import { SQLITE_STORE_DEFAULTS, SqliteProgressStore } from '../src/index.js';
+import { SQLITE_SCHEMA_VERSION, SQLITE_STORE_DEFAULTS, SqliteProgressStore } from '../src/index.js';
 import { PURGE_EVENT_BUDGET } from '../src/sqlite-progress-store.js';
 import { eventually, tempDatabase } from './support/temp-database.js';
 
@@ -125,6 +125,60 @@ describe('options', () => {
       expectThrowsCode(() => new SqliteProgressStore({ database: db.file }), ErrorCode.StoreUnavailable);
     } finally {
       db.remove();
+    }
+  });
+});
+
+describe('open failures', () => {
+  /** The error the constructor throws for `file`. */
+  function openError(file: string, options: Partial<SqliteProgressStoreOptions> = {}): Error {
+    try {
+      const store = new SqliteProgressStore({ ...options, database: file });
+      void store.close();
+    } catch (error) {
+      return error as Error;
+    }
+    throw new Error(`the store opened ${file}`);
+  }
+
+  it('name the file and SQLite’s result code: a file that is not a database, a file locked, a newer schema', async () => {
+    const corrupt = tempDatabase();
+    const locked = tempDatabase();
+    const newer = tempDatabase();
+    let holder: Database.Database | undefined;
+    try {
+      writeFileSync(corrupt.file, 'not a database\n'.repeat(1000));
+      let error = openError(corrupt.file);
+      expect(isProgressError(error, ErrorCode.StoreUnavailable), String(error)).toBe(true);
+      expect(error.message).toContain(JSON.stringify(corrupt.file));
+      expect(error.message).toContain('SQLITE_NOTADB');
+
+      await new SqliteProgressStore({ database: locked.file }).close();
+      holder = new Database(locked.file);
+      // Another process holding the file in exclusive locking mode: no other connection can read it.
+      holder.pragma('locking_mode = EXCLUSIVE');
+      holder.prepare('BEGIN EXCLUSIVE').run();
+      holder.prepare('COMMIT').run();
+      error = openError(locked.file, { busyTimeoutMs: 10 });
+      expect(isProgressError(error, ErrorCode.StoreUnavailable), String(error)).toBe(true);
+      expect(error.message).toContain(JSON.stringify(locked.file));
+      expect(error.message).toContain('SQLITE_BUSY');
+
+      await new SqliteProgressStore({ database: newer.file }).close();
+      const raw = new Database(newer.file);
+      raw
+        .prepare('INSERT INTO finishline_migrations (version, name, applied_at) VALUES (?, ?, 0)')
+        .run(SQLITE_SCHEMA_VERSION + 1, 'from a newer release');
+      raw.close();
+      error = openError(newer.file);
+      expect(isProgressError(error, ErrorCode.StoreUnavailable), String(error)).toBe(true);
+      expect(error.message).toContain(JSON.stringify(newer.file));
+      expect(error.message).toMatch(/newer than/);
+    } finally {
+      holder?.close();
+      corrupt.remove();
+      locked.remove();
+      newer.remove();
     }
   });
 });
