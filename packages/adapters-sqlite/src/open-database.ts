@@ -2,7 +2,9 @@ import { ErrorCode, ProgressError } from '@finishline/core';
 import BetterSqlite3 from 'better-sqlite3';
 import type { Kysely } from 'kysely';
 import { sql } from 'kysely';
+import { PreparedQuery } from './query-builder.js';
 import type { SqliteSchema } from './schema.js';
+import { TABLES } from './schema.js';
 import type { SqliteDatabase } from './sqlite-driver.js';
 import { toProgressError } from './sqlite-errors.js';
 import type { SqliteSynchronous } from './sqlite-store-options.js';
@@ -77,4 +79,46 @@ export function configureDatabase(
     }
   }
   database.prepare(SYNCHRONOUS_PRAGMA[options.synchronous]).run();
+}
+
+/**
+ * Refuses a connection that cannot write: a file SQLite opened read-only (it does so silently when the
+ * file is not writable by the process: its permissions, a read-only mount), or a connection the caller
+ * opened read-only or set `query_only`. A file already at the current schema needs no write to open, so
+ * such a store opened, served reads, and failed every write with `store_unavailable`, the retryable
+ * outage, for as long as it ran. Run after the migrations: the probe updates `finishline_meta`.
+ *
+ * The probe is a write that changes no row: SQLite refuses it on a read-only connection before it looks at
+ * the write lock, and otherwise commits nothing (no WAL frame, no other connection's `data_version`
+ * moved). `BEGIN IMMEDIATE` is no probe: on a read-only file it takes a read transaction and succeeds.
+ * With `busy_timeout` 0 it never waits for another connection's write lock: held, it fails busy, which
+ * only a connection that may write gets (opening a file at the current schema must not wait for the
+ * lock, see `migrate`). Any failure but a refusal is left to the store's writes.
+ */
+export function assertWritable(
+  database: SqliteDatabase,
+  builder: Kysely<SqliteSchema>,
+  busyTimeoutMs: number,
+): void {
+  const probe = new PreparedQuery(
+    database,
+    builder.updateTable(TABLES.meta).set({ value: sql<string>`value` }).where(sql<boolean>`0`),
+    [],
+  );
+  database.prepare('PRAGMA busy_timeout = 0').get();
+  try {
+    probe.run();
+  } catch (error) {
+    const code = (error as { code?: unknown } | null)?.code;
+    if (typeof code === 'string' && code.startsWith('SQLITE_READONLY')) {
+      throw new ProgressError(
+        ErrorCode.StoreUnavailable,
+        `The connection cannot write (${code}: ${error instanceof Error ? error.message : String(error)}): the file is not writable by this process (its permissions, a read-only mount), or the connection was opened read-only or with query_only`,
+        { cause: error },
+      );
+    }
+  } finally {
+    // A validated integer, as in configureDatabase.
+    database.prepare(sql`PRAGMA busy_timeout = ${sql.lit(busyTimeoutMs)}`.compile(builder).sql).get();
+  }
 }

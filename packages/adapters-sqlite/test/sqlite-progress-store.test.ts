@@ -183,6 +183,38 @@ describe('open failures', () => {
   });
 });
 
+describe('a connection that cannot write', () => {
+  it('is refused at open with store_unavailable, not by every write after: read-only, or query_only', async () => {
+    const db = tempDatabase();
+    try {
+      // At the current schema: opening needs no write, so nothing failed before the first write.
+      const first = new SqliteProgressStore({ database: db.file });
+      await first.createTask({ id: 'a', owner: 'alice', kind: 'k' });
+      await first.close();
+      const readOnly = new Database(db.file, { readonly: true });
+      const queryOnly = new Database(db.file);
+      queryOnly.pragma('query_only = 1');
+      for (const database of [readOnly, queryOnly]) {
+        expectThrowsCode(
+          () => new SqliteProgressStore({ database, busyTimeoutMs: 1234 }),
+          ErrorCode.StoreUnavailable,
+          /cannot write \(SQLITE_READONLY/,
+        );
+        // The caller's connection is left with the store's busy timeout, as a store that opened leaves it.
+        expect(database.pragma('busy_timeout', { simple: true })).toBe(1234);
+        database.close();
+      }
+      // Nothing was written by the refused opens; a writable store still opens and writes.
+      const again = new SqliteProgressStore({ database: db.file });
+      expect((await again.getTask('a'))?.seq).toBe(0);
+      await again.append('a', { type: 'progress', done: 1 });
+      await again.close();
+    } finally {
+      db.remove();
+    }
+  });
+});
+
 describe('ownership and closing', () => {
   it('never closes a database the caller opened', async () => {
     const database = new Database(':memory:');
