@@ -39,7 +39,7 @@ import { guardOnError } from './error-reporter.js';
 import type { LeaseContext } from './lease-statements.js';
 import { reapExpiredLeases, releaseLease, renewLease } from './lease-statements.js';
 import { migrate } from './migrations.js';
-import { configureDatabase, openDatabase } from './open-database.js';
+import { assertWritable, configureDatabase, openDatabase, openFailure } from './open-database.js';
 import { createQueryBuilder } from './query-builder.js';
 import type { EventRow, TaskRow } from './row-codec.js';
 import { rowToEvent, rowToTask, taskToRow } from './row-codec.js';
@@ -143,7 +143,8 @@ export class SqliteProgressStore implements ProgressStore {
    * migrations and starts watching for other processes' commits.
    *
    * @throws ProgressError `invalid_input` for bad options, `store_unavailable` when the database cannot
-   * be opened or migrated.
+   * be opened or migrated, or the connection cannot write (a file the process may not write, a connection
+   * opened read-only).
    */
   constructor(options: SqliteProgressStoreOptions) {
     const resolved = resolveSqliteStoreOptions(options);
@@ -164,6 +165,7 @@ export class SqliteProgressStore implements ProgressStore {
         busyTimeoutMs: resolved.busyTimeoutMs,
       });
       migrate(database, builder, { now: this.#clock(), busyTimeoutMs: resolved.busyTimeoutMs });
+      if (database.memory !== true) assertWritable(database, builder, resolved.busyTimeoutMs);
       this.#q = prepareStatements(database, builder);
       publisher = new ChangePublisher({
         statements: this.#q,
@@ -186,7 +188,7 @@ export class SqliteProgressStore implements ProgressStore {
       // database and report that on every tick.
       publisher?.stop();
       if (this.#ownsDatabase) database.close();
-      throw toProgressError(error, 'open the database');
+      throw openFailure(error, typeof resolved.database === 'string' ? resolved.database : undefined);
     }
     this.#database = database;
     this.#transactions = new WriteTransactions({

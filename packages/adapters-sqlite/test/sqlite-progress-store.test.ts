@@ -6,7 +6,7 @@ import Database from 'better-sqlite3';
 import { describe, expect, it, vi } from 'vitest';
 import { compareTsdocDefaults, defaultLiteral } from '../../../scripts/tsdoc-defaults.mjs';
 import type { SqliteDatabase, SqliteProgressStoreOptions } from '../src/index.js';
-import { SQLITE_STORE_DEFAULTS, SqliteProgressStore } from '../src/index.js';
+import { SQLITE_SCHEMA_VERSION, SQLITE_STORE_DEFAULTS, SqliteProgressStore } from '../src/index.js';
 import { PURGE_EVENT_BUDGET } from '../src/sqlite-progress-store.js';
 import { eventually, tempDatabase } from './support/temp-database.js';
 
@@ -123,6 +123,92 @@ describe('options', () => {
       // A wrong path in a config: a text file, or a database encrypted by another tool.
       writeFileSync(db.file, 'not a database\n'.repeat(1000));
       expectThrowsCode(() => new SqliteProgressStore({ database: db.file }), ErrorCode.StoreUnavailable);
+    } finally {
+      db.remove();
+    }
+  });
+});
+
+describe('open failures', () => {
+  /** The error the constructor throws for `file`. */
+  function openError(file: string, options: Partial<SqliteProgressStoreOptions> = {}): Error {
+    try {
+      const store = new SqliteProgressStore({ ...options, database: file });
+      void store.close();
+    } catch (error) {
+      return error as Error;
+    }
+    throw new Error(`the store opened ${file}`);
+  }
+
+  it('name the file and SQLite’s result code: a file that is not a database, a file locked, a newer schema', async () => {
+    const corrupt = tempDatabase();
+    const locked = tempDatabase();
+    const newer = tempDatabase();
+    let holder: Database.Database | undefined;
+    try {
+      writeFileSync(corrupt.file, 'not a database\n'.repeat(1000));
+      let error = openError(corrupt.file);
+      expect(isProgressError(error, ErrorCode.StoreUnavailable), String(error)).toBe(true);
+      expect(error.message).toContain(JSON.stringify(corrupt.file));
+      expect(error.message).toContain('SQLITE_NOTADB');
+
+      await new SqliteProgressStore({ database: locked.file }).close();
+      holder = new Database(locked.file);
+      // Another process holding the file in exclusive locking mode: no other connection can read it.
+      holder.pragma('locking_mode = EXCLUSIVE');
+      holder.prepare('BEGIN EXCLUSIVE').run();
+      holder.prepare('COMMIT').run();
+      error = openError(locked.file, { busyTimeoutMs: 10 });
+      expect(isProgressError(error, ErrorCode.StoreUnavailable), String(error)).toBe(true);
+      expect(error.message).toContain(JSON.stringify(locked.file));
+      expect(error.message).toContain('SQLITE_BUSY');
+
+      await new SqliteProgressStore({ database: newer.file }).close();
+      const raw = new Database(newer.file);
+      raw
+        .prepare('INSERT INTO finishline_migrations (version, name, applied_at) VALUES (?, ?, 0)')
+        .run(SQLITE_SCHEMA_VERSION + 1, 'from a newer release');
+      raw.close();
+      error = openError(newer.file);
+      expect(isProgressError(error, ErrorCode.StoreUnavailable), String(error)).toBe(true);
+      expect(error.message).toContain(JSON.stringify(newer.file));
+      expect(error.message).toMatch(/newer than/);
+    } finally {
+      holder?.close();
+      corrupt.remove();
+      locked.remove();
+      newer.remove();
+    }
+  });
+});
+
+describe('a connection that cannot write', () => {
+  it('is refused at open with store_unavailable, not by every write after: read-only, or query_only', async () => {
+    const db = tempDatabase();
+    try {
+      // At the current schema: opening needs no write, so nothing failed before the first write.
+      const first = new SqliteProgressStore({ database: db.file });
+      await first.createTask({ id: 'a', owner: 'alice', kind: 'k' });
+      await first.close();
+      const readOnly = new Database(db.file, { readonly: true });
+      const queryOnly = new Database(db.file);
+      queryOnly.pragma('query_only = 1');
+      for (const database of [readOnly, queryOnly]) {
+        expectThrowsCode(
+          () => new SqliteProgressStore({ database, busyTimeoutMs: 1234 }),
+          ErrorCode.StoreUnavailable,
+          /cannot write \(SQLITE_READONLY/,
+        );
+        // The caller's connection is left with the store's busy timeout, as a store that opened leaves it.
+        expect(database.pragma('busy_timeout', { simple: true })).toBe(1234);
+        database.close();
+      }
+      // Nothing was written by the refused opens; a writable store still opens and writes.
+      const again = new SqliteProgressStore({ database: db.file });
+      expect((await again.getTask('a'))?.seq).toBe(0);
+      await again.append('a', { type: 'progress', done: 1 });
+      await again.close();
     } finally {
       db.remove();
     }
