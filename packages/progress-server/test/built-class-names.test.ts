@@ -1,21 +1,29 @@
 import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { createRequire } from 'node:module';
-import { join } from 'node:path';
+import { isAbsolute, join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import type { Options } from 'tsup';
 import { build } from 'tsup';
 import { describe, expect, it } from 'vitest';
 
-const pkg = join(import.meta.dirname, '..');
-const core = join(pkg, '../progress-core/src');
+const packages = join(import.meta.dirname, '../..');
+const core = join(packages, 'progress-core/src');
 
-describe("the server's builds", () => {
-  // Built here with the package's own tsup config (not read from dist/, which a clean checkout's tests run
-  // without; core bundled from its sources for the same reason). esbuild renames a class whose body names
-  // it (`listen()` does `new ProgressServer(…)`) to `_ProgressServer` inside the bundle: until
-  // 7 December 2026 the published class was named that, so `console.log(progress)` printed
-  // `_ProgressServer {…}` and stack frames read `at _ProgressServer.close`.
+/**
+ * The Node packages' builds, each made here with its own tsup config (not read from dist/, which a clean
+ * checkout's tests run without; core bundled from its sources for the same reason). esbuild renames a
+ * class whose body names it (a static factory's `new ProgressServer(…)`) to `_ProgressServer` inside the
+ * bundle: until 7 December 2026 `ProgressServer` and `PostgresProgressStore` were published so named, and
+ * `console.log` printed `_ProgressServer {…}`, stack frames `at _PostgresProgressStore.append`. (Core's
+ * CommonJS build has its own check, `cjs-build.test.ts`.)
+ */
+describe.each([
+  { dir: 'progress-server', main: 'ProgressServer' },
+  { dir: 'adapters-postgres', main: 'PostgresProgressStore' },
+  { dir: 'adapters-sqlite', main: 'SqliteProgressStore' },
+])('the build of $dir', ({ dir, main }) => {
   it('names every exported class as it is exported, in both formats', async () => {
+    const pkg = join(packages, dir);
     const config = (await import(join(pkg, 'tsup.config.ts'))).default as Options;
     mkdirSync(join(pkg, '.tmp'), { recursive: true });
     const out = mkdtempSync(join(pkg, '.tmp', 'names-'));
@@ -29,6 +37,12 @@ describe("the server's builds", () => {
         clean: false,
         silent: true,
         config: false,
+        // The config's own paths (sqlite's injected shim) are relative to the package, not to the tests' cwd.
+        esbuildOptions(options, context) {
+          config.esbuildOptions?.(options, context);
+          if (options.inject !== undefined)
+            options.inject = options.inject.map((path) => (isAbsolute(path) ? path : join(pkg, path)));
+        },
         noExternal: [/^@finishline\/core/],
         esbuildPlugins: [
           {
@@ -51,7 +65,7 @@ describe("the server's builds", () => {
           ([, value]) =>
             typeof value === 'function' && /^class\b/.test(Function.prototype.toString.call(value)),
         );
-        expect(classes.map(([name]) => name)).toContain('ProgressServer');
+        expect(classes.map(([name]) => name)).toContain(main);
         for (const [name, value] of classes)
           expect([format, (value as { name: string }).name]).toEqual([format, name]);
       }
