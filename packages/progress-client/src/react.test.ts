@@ -247,21 +247,25 @@ describe(`useTask (React ${version})`, () => {
   });
 
   // <Activity> is React 19.2's: under React 18 the import is undefined.
+  /** `t1` logged into `renders`, under StrictMode, inside an `<Activity>` of the mode given. */
+  const activityTree =
+    (client: ProgressClientProviderProps['client'], renders: string[]) => (mode: 'visible' | 'hidden') =>
+      strict(
+        client,
+        createElement(
+          Activity,
+          { mode } as ComponentProps<typeof Activity>,
+          createElement(Logged, { taskId: 't1', renders }),
+        ),
+      );
+
   it.skipIf(Activity === undefined)(
     'a component showing a finished task, hidden by <Activity> and shown again, shows its end still and asks the server nothing',
     async () => {
       const { client, server, root } = rooted();
       const task = new FakeTask('t1', 1);
       const renders: string[] = [];
-      const tree = (mode: 'visible' | 'hidden') =>
-        strict(
-          client,
-          createElement(
-            Activity,
-            { mode } as ComponentProps<typeof Activity>,
-            createElement(Logged, { taskId: 't1', renders }),
-          ),
-        );
+      const tree = activityTree(client, renders);
       await act(async () => root.render(tree('visible')));
       const socket = server.accept();
       await act(async () => socket.push({ type: 'snapshot', task: task.view() }));
@@ -290,15 +294,7 @@ describe(`useTask (React ${version})`, () => {
       const { client, server, root } = rooted();
       const task = new FakeTask('t1', 5);
       const renders: string[] = [];
-      const tree = (mode: 'visible' | 'hidden') =>
-        strict(
-          client,
-          createElement(
-            Activity,
-            { mode } as ComponentProps<typeof Activity>,
-            createElement(Logged, { taskId: 't1', renders }),
-          ),
-        );
+      const tree = activityTree(client, renders);
       await act(async () => root.render(tree('visible')));
       const socket = server.accept();
       for (const key of ['a', 'b']) task.item(key);
