@@ -810,8 +810,27 @@ class ClientSlot {
     const old = this.client;
     this.client = this.#newClient();
     for (const record of this.records) {
-      if (record.terminalCount === 0) record.attach(this.client);
-      else record.shownThenReloaded = true;
+      if (record.terminalCount === 0) {
+        // The page going away must not hide an end its client had and did not show: the new page's watch
+        // shows it from a snapshot. A client that swallowed the terminal event (its watch's state finished,
+        // no callback) passed every check until 7 December 2026, healed by the next reload of its slot (a
+        // plant swallowing 1 in 10 terminal events: 0 violations, only a slower tail; chaos/README.md).
+        // The watch's own state only, not the slot's acks: an ack of an earlier run of the id can still
+        // come from this client (a subscription kept handle-less for its end's ack).
+        if (record.watch?.getSnapshot().finished === true) {
+          record.clientHadEnd = { finished: true, shownSeq: record.shownSeq };
+          violation('terminal not shown', {
+            taskId: record.task.id,
+            run: record.task.run,
+            slot: this.index,
+            atReload: true,
+            watchState: record.watch.getSnapshot().status,
+            seq: record.watch.getSnapshot().seq,
+            seen: record.seen.join(' '),
+          });
+        }
+        record.attach(this.client);
+      } else record.shownThenReloaded = true;
     }
     stopTokenRenewals(old);
     void old.close().catch(() => {});
