@@ -1799,7 +1799,47 @@ const clientFrameLog = [];
 balancer.onClientFrame = (frame) => {
   clientFrameLog.push(frame);
   wireSubscribe(frame);
+  sentPastShown(frame);
 };
+/**
+ * A client resumes from, and acknowledges, what it has shown: a subscribe's `afterSeq` above the highest
+ * seq its watchers' callbacks showed skips events that no callback will show (the server replays after
+ * it, and the gap that leaves is healed by a snapshot, which the callback checks allow); an ack above it
+ * tells the server (its `ackedSeq`, its terminal re-sends) that the application had what it never showed.
+ * A client planted to resume from `afterSeq + 1`, and one planted to acknowledge a terminal event on
+ * receipt, before applying it (a gapped one included), each passed every check until 7 December 2026
+ * (chaos/README.md). The client shows what it applied before it sends anything about it, and the
+ * balancer is in this process, so the callbacks have run by the time the frame is seen here. Run-1 ids
+ * only: a re-created id's client may still hold the earlier run's subscription (handle-less, for its
+ * end's ack), which subscribes and acknowledges at that run's seqs. Acks of unfinished watchers only: a
+ * finished watch re-acknowledges a terminal re-sent in a newer epoch at that epoch's seq, which may stand
+ * above the one it showed (progress-client.ts, `#onTaskFrame`).
+ */
+const sentChecked = { subscribe: 0, ack: 0 };
+function sentPastShown(frame) {
+  if (frame.type !== 'subscribe' && frame.type !== 'ack') return;
+  if (typeof frame.seq !== 'number' || frame.seq === 0) return;
+  const match = /^slot(\d+)$/.exec(frame.conn?.tag ?? '');
+  const slot = match === null ? undefined : slots[Number(match[1])];
+  if (slot === undefined) return;
+  let shown = -1;
+  for (const record of slot.records) {
+    if (record.task.id !== frame.taskId) continue;
+    if (record.task.run > 1) return;
+    if (frame.type === 'ack' && record.terminalCount > 0) return;
+    shown = Math.max(shown, record.shownSeq);
+  }
+  if (shown < 0) return;
+  sentChecked[frame.type] += 1;
+  if (frame.seq > shown)
+    violation(frame.type === 'ack' ? 'ack past what was shown' : 'subscribe past what was shown', {
+      taskId: frame.taskId,
+      slot: slot.index,
+      ...(frame.type === 'ack' ? { ackedSeq: frame.seq } : { afterSeq: frame.seq }),
+      shownSeq: shown,
+      ...(frame.conn?.http ? { http: true } : {}),
+    });
+}
 // Every server → client frame about a task (event, snapshot, error) and what the faults did to it.
 const serverFrameLog = [];
 balancer.onServerFrame = (frame) => {
@@ -2351,6 +2391,7 @@ const out = [
   `  in a WS outage:    ${line(delays(() => true, inOutage))} (watchers of a client whose WebSocket was out, polling HTTP every 2 s: left out of the lines above)`,
   `callbacks checked:   ${callbacksChecked.events} live progress and item events (each the next seq: a drop is a gap, a repeat a duplicate) on ${callbacksChecked.watchersWithEvents} of ${watchersTotal} watchers; ${callbacksChecked.snapshots} snapshots; terminals ${callbacksChecked.terminalEvents} as events, ${callbacksChecked.terminalSnapshots} from snapshots`,
   `wire checked:        ${wireChecked.events} event frames the replicas wrote on ${wireChecked.streams} (WebSocket connection, task) pairs, before the balancer's faults: each the next seq, a subscribe's afterSeq + 1 or a terminal re-send`,
+  `sent vs shown:       ${sentChecked.subscribe} subscribes and ${sentChecked.ack} acks of watched run-1 ids checked against the highest seq their slot's callbacks showed`,
   'faults injected:',
   ...Object.entries(faults).map(([kind, count]) => `  ${kind}: ${count}`),
   `  frames dropped: ${b.dropped} (terminal ${b.droppedTerminal}), duplicated: ${b.duplicated} (terminal ${b.duplicatedTerminal}), delayed: ${b.delayed} (terminal ${b.delayedTerminal}), connections cut mid-stream: ${b.cutByFrame}; longest hold of a frame ${b.maxHeldMs} ms, ${b.heldOver400} held over 400 ms`,
