@@ -43,19 +43,7 @@ it('holds at most MAX_HELD_BYTES of a page for a reader that stopped reading, an
   for (let item = 1; item <= 1001; item++) await task.item({ key: `k${item}`, ok: true, detail });
 
   // A resume 1,000 events back: one page of 1,000 events read from the store for this stream.
-  const response: IncomingMessage = await new Promise((resolve, reject) => {
-    const request = httpRequest(
-      `${env?.httpUrl}/progress/tasks/${task.id}/stream?afterSeq=1`,
-      { headers: { 'x-user': 'alice' } },
-      resolve,
-    );
-    request.on('error', reject);
-    request.end();
-  });
-  expect(response.statusCode).toBe(200);
-  const socket = response.socket as Socket;
-  socket.pause();
-  response.pause();
+  const stream = await pausedStream(env.httpUrl, task.id);
   // The server writes until the connection's buffers are full, then holds the rest.
   await sleep(1000);
   gc();
@@ -68,25 +56,9 @@ it('holds at most MAX_HELD_BYTES of a page for a reader that stopped reading, an
   // 1 MiB of 16 KiB frames is 64 of them.
   expect(alive).toBeLessThan(100);
 
-  // The reader reads again: every item arrives, once, in order, and the task's end.
-  let text = '';
-  response.setEncoding('utf8');
-  response.on('data', (chunk: string) => {
-    text += chunk;
-  });
-  socket.resume();
-  response.resume();
+  // The reader reads again: every item arrives, once, in order, and the task's end (which ends the stream).
   await task.complete();
-  const deadline = Date.now() + 10_000;
-  while (!text.includes('"completed"') && Date.now() < deadline) await sleep(20);
-  const keys = text
-    .split('\n')
-    .filter((line) => line.startsWith('data: '))
-    .map(
-      (line) =>
-        JSON.parse(line.slice('data: '.length)) as { event?: { type: string; item?: { key: string } } },
-    )
-    .flatMap((frame) => (frame.event?.type === 'item' ? [frame.event.item?.key] : []));
+  const { keys, text } = await stream.readAll();
   expect(keys).toEqual(Array.from({ length: 1000 }, (_, i) => `k${i + 2}`));
   expect(text).toContain('"completed"');
 }, 30_000);
@@ -108,8 +80,8 @@ async function pausedStream(url: string, taskId: string) {
   response.pause();
   const closed = new Promise<void>((resolve) => socket.once('close', () => resolve()));
   return {
-    /** Reads again: resolves with the item keys the stream wrote once it ended (the server closed it). */
-    readAll: async (): Promise<Array<string | undefined>> => {
+    /** Reads again: resolves, once the stream ended (the server closed it), with its text and its item keys. */
+    readAll: async (): Promise<{ text: string; keys: Array<string | undefined> }> => {
       let text = '';
       response.setEncoding('utf8');
       response.on('data', (chunk: string) => {
@@ -119,7 +91,7 @@ async function pausedStream(url: string, taskId: string) {
       socket.resume();
       response.resume();
       await Promise.race([closed, sleep(10_000)]);
-      return text
+      const keys = text
         .split('\n')
         .filter((line) => line.startsWith('data: '))
         .map(
@@ -127,6 +99,7 @@ async function pausedStream(url: string, taskId: string) {
             JSON.parse(line.slice('data: '.length)) as { event?: { type: string; item?: { key: string } } },
         )
         .flatMap((frame) => (frame.event?.type === 'item' ? [frame.event.item?.key] : []));
+      return { text, keys };
     },
   };
 }
@@ -160,7 +133,7 @@ it("counts the page a stalled stream holds in its principal's maxQueuedBytesPerP
   // Ended (destroyed, as a stalled one is: what its buffers held may be lost with the connection), never
   // out of order; the reader resumes from its Last-Event-ID.
   await task.complete();
-  const keys = await stream.readAll();
+  const { keys } = await stream.readAll();
   expect(keys.length).toBeLessThan(1000);
   expect(keys).toEqual(Array.from({ length: keys.length }, (_, i) => `k${i + 2}`));
 }, 60_000);
