@@ -103,7 +103,8 @@ export interface StreamHub {
   /** Taken before a stream's store read, and handed back with its events to {@link readBack}. */
   readMark(): number;
   /**
-   * Events a stream read from the store, for the hub to keep if they join what it holds, unless the hub
+   * Events a stream read from the store and found to be of its run (a read names the id, not the run:
+   * see `#ofRun`), for the hub to keep if they join what it holds, unless the hub
    * dropped what it held since `mark` was taken: the read may be of the id's older run (or the store's
    * older epoch), and kept, it was served to the new one's streams.
    */
@@ -317,7 +318,6 @@ export class TaskStream {
             return this.#hub.store.readEvents(this.taskId, this.#position, this.#hub.maxReplayEvents);
           }, []);
           if (this.stale) return;
-          if (fromStore) this.#hub.readBack(this.taskId, events, mark);
           // A log has no gap (1..n), so a read that starts past the position means the store no longer
           // holds what follows it (a store that trims its logs): the task's snapshot stands for it. Pushed
           // as they are, those events would be skipped, and the catch-up read the same page again at the
@@ -332,7 +332,14 @@ export class TaskStream {
             head.seq <= this.#position + 1 &&
             !(fromStore && this.#shortOfLoad(events))
           ) {
-            if (fromStore && !(await this.#ofRun())) return;
+            if (fromStore) {
+              if (!(await this.#ofRun())) return;
+              // Kept by the hub only once known to be of the stream's run: a read served after the run was
+              // purged and its id written again returns the later run's events, and backfilled before this
+              // check, they joined the hub's window of the old run and went out from memory, unchecked, to
+              // the next stream's catch-up as the old run's own (a terminal of the later run included).
+              this.#hub.readBack(this.taskId, events, mark);
+            }
             const before = this.#position;
             this.#push(events);
             if (this.#position === before) break;
