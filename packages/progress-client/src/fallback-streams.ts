@@ -90,11 +90,11 @@ export class FallbackStreams implements FallbackRuntime {
   readonly #host: FallbackHost;
   readonly #wire: FallbackWire;
   /**
-   * Task id → the stop function of its stream and when it opened (clock ms); or, for a stream cut and
-   * waiting to reopen, the function that cancels the wait and 0 (opened as long ago as can be: a wake
-   * opens it now).
+   * Task id → the stop function of its stream, when it opened (clock ms) and the subscription it follows;
+   * or, for a stream cut and waiting to reopen, the function that cancels the wait and 0 (opened as long ago
+   * as can be: a wake opens it now).
    */
-  readonly #streams = new Map<string, [stop: () => void, openedAt: number]>();
+  readonly #streams = new Map<string, [stop: () => void, openedAt: number, task: TaskSubscription]>();
   #streaming = false;
   /**
    * Opens in a row (of any watch) that stalled: nothing within `connectTimeoutMs`, the mark of a proxy
@@ -163,7 +163,12 @@ export class FallbackStreams implements FallbackRuntime {
    */
   open(task: TaskSubscription): void {
     const taskId = task.taskId;
-    if (!this.#streaming || !this.#host.current(task) || this.#streams.has(taskId)) return;
+    if (!this.#streaming || !this.#host.current(task) || this.#streams.get(taskId)?.[2] === task) return;
+    // The id's stream may still be an earlier subscription's: a finished watch's (its end read over HTTP
+    // by the 100% watchdog) stays open until its next chunk, and a new watch of the id made meanwhile (the
+    // old handle closed) found the id taken and opened none; that stream's end reopened nothing for it,
+    // and it waited for ever. Stopped here (its end acknowledged as it stops), the new watch gets its own.
+    this.close(task);
     const o = this.#host.options;
     // (Each watch's own, kept as long as the watch is.)
     task.pacing ??= new ReconnectPacing(o);
@@ -171,7 +176,7 @@ export class FallbackStreams implements FallbackRuntime {
     // Up from now, if it is served: one that stays up `stableConnectionMs` starts the backoff over.
     const now = o.clock();
     pacing.ready(now, 0);
-    let entry: [() => void, number] | undefined;
+    let entry: [() => void, number, TaskSubscription] | undefined;
     const ended = (refusal?: ProgressError, served = false, stalled?: boolean) => {
       // Ended by itself (cut, refused, finished), not stopped here (a restart opens the next one itself);
       // not while opening either (no `fetch`: nothing to ask again).
@@ -225,7 +230,7 @@ export class FallbackStreams implements FallbackRuntime {
             () => this.open(task),
           );
         // (Its restart finds the wait in the map: it cancels the timer that fired, and opens the stream.)
-        else this.#streams.set(taskId, [this.#host.timers.start(() => this.restart(task), delayMs), 0]);
+        else this.#streams.set(taskId, [this.#host.timers.start(() => this.restart(task), delayMs), 0, task]);
       }
     };
     // Finished meanwhile (its end read over HTTP by the 100% watchdog while its stream was cut or refused):
@@ -235,7 +240,7 @@ export class FallbackStreams implements FallbackRuntime {
     // in another log.)
     if (task.cursor.finished) ended();
     else {
-      entry = [this.#wire.follow(task, ended), now];
+      entry = [this.#wire.follow(task, ended), now, task];
       this.#streams.set(taskId, entry);
     }
   }

@@ -2028,3 +2028,43 @@ describe('the SSE fallback’s line endings', () => {
     await client.close();
   });
 });
+
+describe('the SSE fallback transport when a watch of the id is made again before its finished stream ends', () => {
+  it('opens a stream for a new watch of an id whose finished watch’s stream is still open (its end read over HTTP by the 100% watchdog)', async () => {
+    // The old subscription's stream kept the id's place in the streams (keyed by task id) until its next
+    // chunk ended it, up to a heartbeat interval later: a new watch of the id made meanwhile (its old
+    // handle closed at its end) opened none, and the old stream's end reopened nothing for it: with
+    // preferFallback the new watch waited for ever.
+    const { client, sse, scheduler, http } = sseSetup({ preferFallback: true, finishTimeoutMs: 1000 });
+    const task = new FakeTask('t1', 1);
+    task.item('a');
+    http.tasks.set('t1', task);
+    const first = client.watch('t1');
+    await flush();
+    const opening = () => (sse.streams.at(-1) as SseRequest).write(OPENING);
+    opening();
+    (sse.streams[0] as SseRequest).send({ type: 'snapshot', task: task.view() }, 1);
+    task.end(); // committed, and never sent on the stream (a server that lost it): the watchdog reads it
+    for (let i = 0; i < 20 && !first.getSnapshot().finished; i++) {
+      await scheduler.advance(1000);
+      opening();
+    }
+    expect(first.getSnapshot()).toMatchObject({ status: 'completed', finished: true });
+    const old = sse.streams.at(-1) as SseRequest;
+    expect(old.live()).toBe(true);
+    first.close();
+    const second = client.watch('t1');
+    await flush();
+    const fresh = sse.streams.at(-1) as SseRequest;
+    expect(fresh).not.toBe(old);
+    expect(fresh.live()).toBe(true);
+    expect(fresh.headers['last-event-id']).toBeUndefined();
+    fresh.send({ type: 'snapshot', task: task.view() }, task.seq);
+    expect((await second.done).status).toBe('completed');
+    await flush();
+    // Each subscription's end acknowledged: the old one's as its stream was stopped.
+    expect(old.live()).toBe(false);
+    expect(sse.acks.map((ack) => JSON.parse(ack.body ?? ''))).toEqual([{ seq: 2 }, { seq: 2 }]);
+    await client.close();
+  });
+});
