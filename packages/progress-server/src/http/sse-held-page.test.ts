@@ -229,7 +229,9 @@ it('holds no more than MAX_HELD_BYTES of the page, the event that would cross it
   try {
     // The page was read and written until the buffer said it was full: the rest of it is held (or, before
     // the fix, 66 frames of 16,070 bytes were, past the principal's 1 MiB, and the stream ended for them).
-    await vi.waitFor(() => expect(limits.usage('alice').queuedBytes > 0 || released).toBe(true));
+    await vi.waitFor(() => expect(limits.usage('alice').queuedBytes > 0 || released).toBe(true), {
+      timeout: 10_000,
+    });
     expect((await metrics.sseStreamsClosed.get()).values).toEqual([]);
     const held = limits.usage('alice').queuedBytes;
     expect(held).toBeLessThanOrEqual(MAX_HELD_BYTES);
