@@ -855,7 +855,7 @@ describe('subscribes pipelined behind auth (doc: Before authentication, Limits)'
     afterSeq: Number.MAX_SAFE_INTEGER,
   });
   /** A socket whose `auth` frame is checked for 300 ms, `frames` sent right behind it. */
-  const pipelined = async (frames: Frame[]) => {
+  const pipelined = async (frames: Array<Frame | string>) => {
     await start({
       maxSubscriptionsPerSocket: 200,
       authenticateToken: async (token: string) => {
@@ -879,6 +879,16 @@ describe('subscribes pipelined behind auth (doc: Before authentication, Limits)'
     );
   });
 
+  it('200 fit with printable ASCII ids JSON escapes (324 bytes each)', async () => {
+    const frames = Array.from({ length: 200 }, (_, i) => subscribe('"'.repeat(64), i));
+    expect(Buffer.byteLength(JSON.stringify(frames[0]))).toBe(324);
+    const client = await pipelined(frames);
+    await client.next(() => client.frames.filter((f) => f.type === 'error').length === 200);
+    expect(client.frames.filter((f) => f.type === 'error').map((f) => f.code)).toEqual(
+      new Array(200).fill('task_not_found'),
+    );
+  });
+
   it('of the largest (580 bytes, every id character escaped), 112 fit; a 113th closes with 1008', async () => {
     // Control characters JSON escapes as \u00XX (6 bytes), not \b \t \n \f \r; the last two tell ids apart.
     const sixBytes = [1, 2, 3, 4, 5, 6, 7, 11, 14, 15, 16, 17, 18, 19, 20].map((c) => String.fromCharCode(c));
@@ -897,6 +907,25 @@ describe('subscribes pipelined behind auth (doc: Before authentication, Limits)'
       reason: 'too many frames before authentication completed',
     });
     expect(refused.frames).toEqual([]);
+  });
+
+  it('counts the bytes as sent: 200 that fit as JSON.stringify writes them close 1008 with each / escaped', async () => {
+    // `\/` is a legal JSON escape that JSON.stringify never writes and some encoders do (PHP's
+    // json_encode by default): the same 200 subscribes take some 387 bytes each written so, 77 KB together.
+    const frames = Array.from({ length: 200 }, (_, i) => ({
+      type: 'subscribe',
+      id: String(i).padStart(64, 'r'),
+      taskId: String(i).padStart(128, '/'),
+      afterSeq: Number.MAX_SAFE_INTEGER,
+    }));
+    const escaped = frames.map((frame) => JSON.stringify(frame).replaceAll('/', '\\/'));
+    expect(JSON.stringify(frames[0])).toHaveLength(260);
+    expect(Buffer.byteLength(escaped[0] as string)).toBe(387);
+    const refused = await pipelined(escaped);
+    expect(await refused.closed).toEqual({
+      code: 1008,
+      reason: 'too many frames before authentication completed',
+    });
   });
 });
 

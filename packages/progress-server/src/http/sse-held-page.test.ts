@@ -1,11 +1,19 @@
-import { request as httpRequest, type IncomingMessage } from 'node:http';
+import { EventEmitter } from 'node:events';
+import { request as httpRequest, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
-import type { TaskEvent } from '@finishline/core';
+import type { Task, TaskEvent } from '@finishline/core';
 import { MemoryProgressStore } from '@finishline/core';
-import { afterEach, expect, it } from 'vitest';
+import { afterEach, expect, it, vi } from 'vitest';
+import { FairReads } from '../hub/fair-reads.js';
+import { StoreEpoch } from '../hub/store-epoch.js';
+import { TaskHub } from '../hub/task-hub.js';
+import { silentLogger } from '../logger.js';
+import { ServerMetrics } from '../metrics.js';
+import { PrincipalLimits } from '../principal-limits.js';
 import { sleep, startServer, type TestServer } from '../testing/harness.js';
+import { MAX_HELD_BYTES, type OpenStream, streamTask } from './sse-stream.js';
 
 /**
  * A stalled event stream holds at most `MAX_HELD_BYTES` of the page it was writing (sse-stream.ts). The
@@ -137,3 +145,101 @@ it("counts the page a stalled stream holds in its principal's maxQueuedBytesPerP
   expect(keys.length).toBeLessThan(1000);
   expect(keys).toEqual(Array.from({ length: keys.length }, (_, i) => `k${i + 2}`));
 }, 60_000);
+
+// Found by a review (7 December 2026): the page was cut once it had reached MAX_HELD_BYTES, the event that
+// crossed the bound still held, so a stalled stream held up to 1 MiB and one more event (16 KiB frames:
+// 66 of them, 1,060,000 bytes), where the documented bound is 1 MiB. With `maxQueuedBytesPerPrincipal` set
+// to that 1 MiB, a principal's one stalled stream was ended (`max_queued_bytes`) for a page within it.
+// Served by `streamTask` itself, to a response whose buffer the test says is full: no timing involved.
+it('holds no more than MAX_HELD_BYTES of the page, the event that would cross it left to be read again', async () => {
+  const store = new MemoryProgressStore();
+  const task = await store.createTask({ owner: 'alice', kind: 'k' });
+  const detail = 'x'.repeat(16_000);
+  for (let item = 1; item <= 1001; item++) {
+    await store.append(task.id, { type: 'item', key: `k${item}`, ok: true, detail });
+  }
+  const metrics = new ServerMetrics({ registry: undefined, prefix: 'test_', feed: store.changes });
+  const reads = new FairReads({ maxConcurrent: 4, maxPerPrincipal: 2 });
+  const hub = new TaskHub({
+    store,
+    logger: silentLogger,
+    metrics,
+    retryDelayMs: 10,
+    reads,
+    maxReplayEvents: 1000,
+  });
+  hub.start();
+  const limits = new PrincipalLimits({
+    maxSockets: 10,
+    maxSubscriptions: 10,
+    ratePerSecond: 100,
+    maxQueuedBytes: MAX_HELD_BYTES,
+    clock: Date.now,
+  });
+  // A response whose buffer is full from the third event frame on: `write` says so, as node's does.
+  const written: string[] = [];
+  const response = Object.assign(new EventEmitter(), {
+    destroyed: false,
+    writableEnded: false,
+    writableFinished: false,
+    writeHead: () => undefined,
+    write: (chunk: string) => {
+      written.push(chunk);
+      return written.filter((text) => text.includes('"type":"event"')).length < 3;
+    },
+    end: () => {
+      response.writableEnded = true;
+    },
+    destroy: () => {
+      response.destroyed = true;
+    },
+  });
+  const request = Object.assign(new EventEmitter(), { socket: { destroyed: false } });
+  const open = new Set<OpenStream>();
+  let released = false;
+  streamTask(
+    {
+      hub,
+      epoch: new StoreEpoch(store, silentLogger),
+      limits,
+      logger: silentLogger,
+      metrics,
+      heartbeatIntervalMs: 60_000,
+      sseStallTimeoutMs: 60_000,
+      sseStreamLifetimeMs: 0,
+      maxReplayEvents: 1000,
+      clock: Date.now,
+      reconnectsPerSecond: 0,
+      open,
+    },
+    {
+      task: (await store.getTask(task.id)) as Task,
+      // A resume one event in: a page of 1,000 events read for this stream.
+      from: { seq: 1 },
+      principal: { id: 'alice' },
+      authorize: async () => true,
+      hookTimeoutMs: 1000,
+      request: request as unknown as IncomingMessage,
+      response: response as unknown as ServerResponse,
+      release: () => {
+        released = true;
+      },
+    },
+  );
+  try {
+    // The page was read and written until the buffer said it was full: the rest of it is held (or, before
+    // the fix, 66 frames of 16,070 bytes were, past the principal's 1 MiB, and the stream ended for them).
+    await vi.waitFor(() => expect(limits.usage('alice').queuedBytes > 0 || released).toBe(true), {
+      timeout: 10_000,
+    });
+    expect((await metrics.sseStreamsClosed.get()).values).toEqual([]);
+    const held = limits.usage('alice').queuedBytes;
+    expect(held).toBeLessThanOrEqual(MAX_HELD_BYTES);
+    expect(held).toBeGreaterThan(MAX_HELD_BYTES - 20_000);
+  } finally {
+    for (const stream of open) await stream.shutdown(Date.now());
+    hub.close();
+    reads.close();
+  }
+  expect(limits.usage('alice').queuedBytes).toBe(0);
+});

@@ -67,12 +67,13 @@ import { stallTimer } from './stall-timer.js';
 const MAX_TIMER_MS = 2_147_483_647;
 
 /**
- * Most frame text of a page a stream holds for its reader while the buffer is full (see `heldRest`). The
+ * Most frame text of a page a stream holds for its reader while the buffer is full (see `hold`). The
  * whole rest of a page was held until 7 December 2026: up to `maxReplayEvents` events read for this stream
  * alone, some 20 MB of a page of 16 KiB items, so 100 stalled streams of one principal pinned 2 GB for
  * `sseStallTimeoutMs`. A drain takes some 16 KiB: the stream still reads a page per 64 drains, not one each.
+ * @internal
  */
-const MAX_HELD_BYTES = 1024 * 1024;
+export const MAX_HELD_BYTES = 1024 * 1024;
 // What a stream holds counts in its principal's `maxQueuedBytesPerPrincipal` with its sockets' queues
 // (see `hold` in `streamTask`): bounded per stream only, the principal's 100 stalled streams held 100 MiB,
 // and its sockets their 64 MiB besides.
@@ -484,8 +485,13 @@ export function streamTask(
     if (ended) return;
     let to = from;
     let bytes = 0;
-    while (to < events.length && bytes < MAX_HELD_BYTES) {
-      bytes += eventFrameText(events[to] as TaskEvent).length;
+    // The event that would take the page past the bound is left out, with those after it: checked after
+    // adding it, the page held up to MAX_HELD_BYTES and one more event (a 16 KiB frame past the 1 MiB
+    // documented), and a principal whose `maxQueuedBytesPerPrincipal` was that 1 MiB had the stream end.
+    while (to < events.length) {
+      const size = eventFrameText(events[to] as TaskEvent).length;
+      if (bytes + size > MAX_HELD_BYTES) break;
+      bytes += size;
       to++;
     }
     // The principal's budget, shared with its sockets' queues (`maxQueuedBytesPerPrincipal`): past it, the
