@@ -764,14 +764,18 @@ export class TaskHub {
         // follows now, as its events would not: taken for the current run's (`task_not_found` below, read
         // after the old run was purged), it gave up the seqs the new run announced meanwhile, and nothing
         // read them again (its watchers waited for their end for ever).
-        const read = await this.#store.readEvents(entry.taskId, after, READ_LIMIT).catch((error: unknown) => {
-          if (epochs !== this.#epochs || runs !== entry.runs) return undefined;
+        let read: readonly TaskEvent[];
+        try {
+          read = await this.#store.readEvents(entry.taskId, after, READ_LIMIT);
+        } catch (error) {
+          if (entry.closed) return;
+          if (epochs !== this.#epochs || runs !== entry.runs) continue;
           throw error;
-        });
+        }
         if (entry.closed) return;
         // Read in the old epoch, or of the id's old run: its events mean nothing now; the loop goes on
         // from the new position.
-        if (read === undefined || epochs !== this.#epochs || runs !== entry.runs) continue;
+        if (epochs !== this.#epochs || runs !== entry.runs) continue;
         const ofRun = await this.#sameRun(entry, read, held);
         if (entry.closed) return;
         if (epochs !== this.#epochs || runs !== entry.runs) continue;
