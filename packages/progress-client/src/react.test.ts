@@ -317,6 +317,30 @@ describe(`useTask (React ${version})`, () => {
     },
   );
 
+  it.skipIf(Activity === undefined)(
+    'a component hidden by <Activity> while its client closed, shown again, shows what it showed with the closed error, not seq 0',
+    async () => {
+      const { client, server, root } = rooted();
+      const task = new FakeTask('t1', 5);
+      const renders: string[] = [];
+      const tree = activityTree(client, renders);
+      await act(async () => root.render(tree('visible')));
+      const socket = server.accept();
+      for (const key of ['a', 'b']) task.item(key);
+      await act(async () => socket.push({ type: 'snapshot', task: task.view() }));
+      expect(renders.at(-1)).toBe('t1@2');
+      await act(async () => root.render(tree('hidden')));
+      await client.close();
+      renders.length = 0;
+      await act(async () => root.render(tree('visible')));
+      // As a component left visible shows its client's close: its last state, with the `closed` error.
+      // Before: seq 0, `running`, nothing known (the bar back at its start) beside the error.
+      expect(renders).not.toContain('t1@0 fatal');
+      expect(renders.at(-1)).toBe('t1@2 fatal');
+      await act(async () => root.unmount());
+    },
+  );
+
   it('an empty id watches nothing, as null does: the skip pattern of an id not known yet (a form field, a query parameter)', async () => {
     const { client, server, container, root } = rooted();
     const render = (taskId: string) =>

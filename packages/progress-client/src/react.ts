@@ -177,13 +177,17 @@ class TaskStore implements Store {
         // of React's commit, and without an error boundary React unmounted the whole root. An invalid id
         // still throws: a bug in the page, not a state.
         if ((error as ProgressError).code !== ErrorCode.Closed) throw error;
-        // The view a watch starts from (seq 0, `running`, nothing known), as a closed watch's state shows it.
+        // What it last showed (hidden by <Activity> while the client closed), as a component left mounted
+        // shows the close: until 7 December 2026 seq 0 here, the bar back at its start beside the error.
+        // Else the view a watch starts from (seq 0, `running`, nothing known), as a closed watch's state shows it.
         this.#closed ??= Object.freeze({
-          ...new WatchCursor(this.#taskId).view,
-          finished: false,
-          fraction: null,
-          rate: null,
-          eta: null,
+          ...(this.#last ?? {
+            ...new WatchCursor(this.#taskId).view,
+            finished: false,
+            fraction: null,
+            rate: null,
+            eta: null,
+          }),
           fatalError: error as ProgressError,
         });
         return () => undefined;

@@ -685,6 +685,38 @@ describe('tab sharing', () => {
     await Promise.all([leader.close(), follower.close()]);
   });
 
+  it('a follower that went to a socket of its own behind a frozen leader comes back to the shared socket once the leader runs again', async () => {
+    const browser = new Browser();
+    const [leaderServer, followerServer] = [new FakeServer(), new FakeServer()];
+    const leaderTab = browser.tab();
+    const leader = clientIn(leaderTab, leaderServer);
+    leader.watch('t1');
+    const real = await acceptReal(leaderServer, 1);
+    await vi.waitFor(() => expect(leader.state).toBe('open'));
+    // Frozen before the follower's tab opens: two connect timeouts (4010), then a socket of its own. (Not
+    // heartbeat timeouts: a short one would end the follower's own socket too.)
+    leaderTab.dead = true;
+    const follower = clientIn(browser.tab(), followerServer, { connectTimeoutMs: 300 });
+    const watch = follower.watch('t1');
+    const own = await acceptReal(followerServer, 1);
+    const task = new FakeTask('t1', 5);
+    task.item('a');
+    own.push({ type: 'snapshot', task: task.view() });
+    await vi.waitFor(() => expect(watch.getSnapshot().seq).toBe(1));
+    // Thawed: the leader's real socket stayed open, and it relays what the server sends.
+    leaderTab.dead = false;
+    real.push({ type: 'heartbeat', time: 1, seqs: {} });
+    // Before: the follower's own socket stayed open beside the shared one (two sockets for one browser).
+    await vi.waitFor(() => expect(own.closedWith).toEqual([{ code: undefined, reason: undefined }]));
+    await vi.waitFor(() => expect(real.frames('subscribe')).toHaveLength(2));
+    expect(real.frames('subscribe').at(-1)).toMatchObject({ taskId: 't1', afterSeq: 1 });
+    expect(followerServer.sockets).toHaveLength(1);
+    task.item('b');
+    real.push({ type: 'snapshot', task: task.view() });
+    await vi.waitFor(() => expect(watch.getSnapshot().seq).toBe(2));
+    await Promise.all([leader.close(), follower.close()]);
+  });
+
   it('rejects a missing BroadcastChannel or lock manager with invalid_input', () => {
     const scope = globalThis as { navigator?: unknown };
     if (scope.navigator !== undefined && (scope.navigator as { locks?: unknown }).locks !== undefined) return;

@@ -134,7 +134,9 @@ export function tabSharing(options: TabSharingOptions = {}): TabSharing {
         // stays frozen. Two sockets in a row that the client gave up on (4010: silent, or never opened),
         // with no word from any leader in between (a running leader answers the first by replacing its
         // real socket), say so: the client's sockets are its own until a leader speaks again.
-        if (hub.silent > 1) return new WebSocket(url, ...rest);
+        // Kept (the client's latest) to be closed once a leader runs again: see `own`.
+        if (hub.silent > 1)
+          return hub.own.set(closed, new WebSocket(url, ...rest)).get(closed) as WebSocketLike;
         // `-` for a client without a token; one that says nothing of its client is taken as having one.
         return new VirtualSocket(hub, (client?.token ?? !client) ? '' : '-');
       }
@@ -256,6 +258,15 @@ class TabHub {
    * and a backoff step lost; a connect timeout for a tab without a token), to be sent off again.
    */
   silent = 0;
+  /**
+   * The latest socket of its own of each client (by its `closed` signal) since the tab's sockets became real
+   * (`silent` 2 or more). Behind a frozen leader (below 8), closed at the first frame a leader relays (it runs
+   * again): their clients resume from their cursors through it. Until 7 December 2026 they stayed open, and a
+   * thawed leader posts no `leader` or `close` unless its real socket closes: the browser held the tab's
+   * socket beside the shared one for as long as it lived (seen in Chromium). A tab sent off by the leader (8)
+   * keeps its own until a new leader announces itself, as before; that leader's first frame closes them.
+   */
+  readonly own = new Map<AbortSignal | undefined, WebSocketLike>();
   /** Aborts the lock requests still waiting; held locks are let go by `#left` settling. */
   readonly #requests = new AbortController();
   /** Set by `#left`'s executor, which runs at once (no initial value: bytes of the /tabs budget). */
@@ -439,6 +450,13 @@ class TabHub {
         }
         return;
       case 'frame':
+        // A leader runs (thawed, if it was frozen): the tab's sockets of its own go (see `own`), and a socket
+        // given up on before this frame is not a second one in a row.
+        if (this.silent < 8) {
+          for (const socket of this.own.values()) socket.close();
+          this.own.clear();
+        }
+        this.silent &= 8;
         if (typeof message.data === 'string')
           for (const socket of this.#sockets.values()) {
             if (socket.readyState !== OPEN || socket.leader !== message.from) continue;

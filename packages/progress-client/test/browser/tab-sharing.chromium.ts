@@ -126,7 +126,7 @@ describe('tab sharing in Chromium', () => {
     );
   });
 
-  it('the leader tab frozen (its Web Lock still held): a follower goes on with a socket of its own, each item once', async () => {
+  it('the leader tab frozen (its Web Lock still held): a follower goes on with a socket of its own, each item once, and comes back once the leader is thawed', async () => {
     const handle = await stack.server.tasks.create({ owner: 'alice', kind: 'tabs', total: 20 });
     context = await browser.newContext();
     const url = stack.pageUrl(handle.id, ['share']);
@@ -180,6 +180,9 @@ describe('tab sharing in Chromium', () => {
     expect(await lead()).toBe(leaderId);
     await cdp.send('Debugger.resume').catch(() => undefined);
     await cdp.send('Page.setWebLifecycleState', { state: 'active' });
+    // Thawed, the leader relays its socket's frames again (the server's heartbeats): the follower's own
+    // socket goes. Before 7 December 2026 it stayed open beside the shared one: two sockets for good.
+    await expectOneSocket([leader, follower]);
   });
 
   it("the leader tab's client closed, the page open: another tab takes the lock and the socket, and every other tab reaches the end", async () => {
