@@ -78,10 +78,27 @@ export class SafetyNetPoll {
    */
   async pollOnce(): Promise<void> {
     if (this.#running !== undefined) return this.#running;
-    this.#running = this.#poll().finally(() => {
-      this.#running = undefined;
-    });
+    // Not only the read may fail: the hub reads the store's clock (its sweep, a terminal's report), and a
+    // clock that throws (one that returned NaN once) rejected the poll. The timer's poll then never ran
+    // again, for the life of the store (whatever `NOTIFY` lost stayed lost), beside an unhandled rejection,
+    // which ends a Node process by default. Counted and reported as a failed read is.
+    this.#running = this.#poll()
+      .catch((error: unknown) => this.#failed(error))
+      .finally(() => {
+        this.#running = undefined;
+      });
     return this.#running;
+  }
+
+  /** Counts a failed poll; reports the first of a streak (see {@link pollOnce}). */
+  #failed(error: unknown): void {
+    // (Not once stopped: the caller may have ended its pool after the store closed.)
+    if (this.#stopped) return;
+    this.#errors += 1;
+    if (!this.#failing) {
+      this.#failing = true;
+      this.#options.onError(toProgressError(error, 'The safety-net poll failed'));
+    }
   }
 
   #schedule(): void {
@@ -106,13 +123,7 @@ export class SafetyNetPoll {
       try {
         latest = await this.#options.readLatest(chunk);
       } catch (error) {
-        // (Not once stopped: the caller may have ended its pool after the store closed.)
-        if (this.#stopped) return;
-        this.#errors += 1;
-        if (!this.#failing) {
-          this.#failing = true;
-          this.#options.onError(toProgressError(error, 'The safety-net poll failed'));
-        }
+        this.#failed(error);
         return;
       }
       this.#failing = false;

@@ -1,4 +1,5 @@
 import type { TaskChange, TaskEvent } from '@finishline/core';
+import { ErrorCode, ProgressError } from '@finishline/core';
 import { ManualClock, propertyParams } from '@finishline/core/testing';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
@@ -390,6 +391,39 @@ describe('ChangeFeedHub', () => {
 });
 
 describe('SafetyNetPoll', () => {
+  it('resolves, counts and reports a poll whose hub reads a clock that throws, and polls on after it', async () => {
+    const clock = new ManualClock();
+    let broken = true;
+    const hub = new ChangeFeedHub(
+      () => {
+        if (broken) throw new ProgressError(ErrorCode.Internal, 'clock returned NaN');
+        return clock.now();
+      },
+      () => {},
+    );
+    const unfollow = hub.follow('x');
+    const published: string[] = [];
+    const stop = hub.subscribe((change) => published.push(`${change.taskId}#${change.seq}`));
+    const errors: ProgressError[] = [];
+    const poll = new SafetyNetPoll({
+      hub,
+      intervalMs: 60_000,
+      readLatest: async () => new Map([['x', { seq: 1, terminal: true, run: 1 }]]),
+      rereading: () => false,
+      onError: (error) => errors.push(error),
+    });
+    // Rejected until 7 December 2026: the timer's poll never ran again, beside an unhandled rejection.
+    await expect(poll.pollOnce()).resolves.toBeUndefined();
+    expect(errors.map((error) => error.code)).toEqual([ErrorCode.Internal]);
+    expect(poll.stats().pollErrors).toBe(1);
+    broken = false;
+    await poll.pollOnce();
+    expect(published).toEqual(['x#1']);
+    poll.stop();
+    stop();
+    unfollow();
+  });
+
   it('reports a streak of failed reads once, counts every one, and reports again after a read succeeded', async () => {
     const hub = new ChangeFeedHub(new ManualClock().now, () => {});
     const unfollow = hub.follow('x');
