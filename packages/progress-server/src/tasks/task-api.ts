@@ -272,8 +272,13 @@ export class TaskApi {
     const owned = this.#owned.get(taskId);
     if (owned === undefined || (run !== undefined && owned.run !== run)) return;
     if (isProgressError(error, ErrorCode.LeaseHeld)) {
-      const message = `The lease of task ${taskId} was taken over by another worker`;
-      this.#ended(taskId, () => new ProgressError(ErrorCode.LeaseHeld, message, { taskId }), owned.run);
+      const lost = new ProgressError(
+        ErrorCode.LeaseHeld,
+        `The lease of task ${taskId} was taken over by another worker`,
+        { taskId },
+      );
+      owned.control.leaseLost(lost);
+      this.#ended(taskId, () => lost, owned.run);
     } else this.#ended(taskId, undefined, owned.run);
     void this.#refresh(owned.control, taskId);
   }
@@ -320,6 +325,14 @@ export class TaskApi {
       await handle.interrupt('server shutting down');
     } catch (error) {
       if (isProgressError(error, ErrorCode.TaskFinished)) return;
+      if (isProgressError(error, ErrorCode.LeaseHeld)) {
+        // Not a store failure, and no reaper will end it: the task runs on under the worker that took it.
+        this.#logger.warn(
+          { err: describeError(error), taskId: handle.id },
+          'task not interrupted at shutdown: another worker took its lease over and runs it',
+        );
+        return;
+      }
       this.#metrics.storeErrors.inc();
       this.#logger.error(
         { err: describeError(error), taskId: handle.id },

@@ -99,6 +99,11 @@ export interface TaskHandleControl {
   abort(reason: () => ProgressError): void;
   /** The task is known to have ended, whoever ended it. */
   ended(): void;
+  /**
+   * Another worker took the task's lease over: the handle ends and its appends reject with `error`
+   * (`lease_held`) while the task runs on, even when its signal had aborted first for another reason.
+   */
+  leaseLost(error: ProgressError): void;
 }
 
 /**
@@ -151,6 +156,12 @@ export class TaskHandle {
   #controller: AbortController | undefined;
   /** Set once the handle's signal is to be aborted; applied to a controller made later. */
   #abortReason: (() => ProgressError) | undefined;
+  /**
+   * Why the appends are refused once another worker took the lease over (`lease_held`). Not read from the
+   * signal's reason: a takeover found at shutdown (the interrupt refused) came after the signal aborted
+   * `closed`, and the appends rejected `task_finished`, "already ended (running)", for a task running on.
+   */
+  #leaseLost: ProgressError | undefined;
   /** Only ever a row of the handle's run: its `createdAt` names the run it writes to (see `RunFence`). */
   #task: Task;
   #ended = false;
@@ -184,6 +195,10 @@ export class TaskHandle {
       ended: () => {
         this.#ended = true;
       },
+      leaseLost: (error) => {
+        this.#leaseLost ??= error;
+        this.#ended = true;
+      },
     });
   }
 
@@ -206,7 +221,8 @@ export class TaskHandle {
    * Aborted when the task ended (reason: ProgressError `task_finished`), when another worker took its
    * lease over after it expired (reason: ProgressError `lease_held`: the task runs on there, and this
    * handle's appends reject with that error), or when the server is shutting down (reason: ProgressError
-   * `closed`).
+   * `closed`). The reason is the first of these: a lease taken over once the shutdown began (found by its
+   * interrupt) leaves it `closed`, and the appends reject `lease_held` all the same.
    */
   get signal(): AbortSignal {
     if (this.#controller === undefined) {
@@ -359,8 +375,9 @@ export class TaskHandle {
   #append(input: AppendInput): Promise<TaskEvent> {
     if (this.finished) {
       // Its lease went to another worker: the task runs on there, it did not end.
-      const lost = this.#task.status === 'running' ? this.#abortReason?.() : undefined;
-      if (lost?.code === ErrorCode.LeaseHeld) return Promise.reject(lost);
+      if (this.#leaseLost !== undefined && this.#task.status === 'running') {
+        return Promise.reject(this.#leaseLost);
+      }
       return Promise.reject(
         new ProgressError(ErrorCode.TaskFinished, `Task ${this.id} already ended (${this.#task.status})`, {
           taskId: this.id,
