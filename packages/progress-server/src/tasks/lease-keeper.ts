@@ -205,9 +205,11 @@ export class LeaseKeeper {
       );
       const taskId = result.event.taskId;
       const run = result.task.createdAt;
-      // Only if the run reaped is the one renewed: a reap answered late (its query slow, or left behind as
-      // hung) may name a run purged since, its id created again here, and that run is alive.
-      const owned = this.#owned.get(taskId) === run;
+      // Not if the run renewed is a later one: a reap answered late (its query slow, or left behind as hung)
+      // may name a run purged since, its id created again here, and that run is alive. A later run reaped
+      // means the one renewed is gone (ended unheard, purged): it is lost too.
+      const ownedRun = this.#owned.get(taskId);
+      const owned = ownedRun !== undefined && ownedRun <= run;
       if (owned) this.#owned.delete(taskId);
       // Published first: the reaped row goes into the task's handle before it learns it lost the task. Told
       // first, the handle's signal aborted while its status still said `running`, and stayed so when the
@@ -218,7 +220,7 @@ export class LeaseKeeper {
         metrics.handlerErrors.inc();
         logger.error({ err: describeError(error) }, 'publishing a reaped task failed');
       }
-      if (owned) this.#notifyLost(taskId, run, undefined);
+      if (owned) this.#notifyLost(taskId, ownedRun, undefined);
     }
     return results;
   }

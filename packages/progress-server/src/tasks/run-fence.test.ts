@@ -314,3 +314,28 @@ describe('the late answer of an older run', () => {
     expect([...live.leases.owned]).toEqual(['job-1']);
   });
 });
+
+describe('a reap of a later run of the id', () => {
+  it('ends the handle of the earlier run still owned here at once', async () => {
+    // Run 1 (this deaf replica's) is cancelled elsewhere, unheard; it is purged, run 2 is created by
+    // another replica and reaped here: run 1's handle is gone with it, told by the reap, not at the
+    // next renewal.
+    const clock = new ManualClock();
+    const store = new MemoryProgressStore({ clock: clock.now });
+    const here = replica(deaf(store), 'replica-a');
+    const old = await here.tasks.create({ id: 'job-1', owner: 'alice', kind: 'k' });
+    const other = replica(store, 'replica-b');
+    await other.tasks.cancel('job-1', 'stop');
+    clock.advance(1);
+    expect(await store.purgeFinished({ olderThanMs: 0 })).toBe(1);
+    clock.advance(1);
+    await other.tasks.create({ id: 'job-1', owner: 'alice', kind: 'k' });
+    await other.leases.close();
+    clock.advance(TTL);
+    expect((await here.leases.reap()).length).toBe(1);
+    expect(old.finished).toBe(true);
+    expect(old.signal.aborted).toBe(true);
+    expect(here.leases.owned.size).toBe(0);
+    expect(here.tasks.running).toEqual([]);
+  });
+});

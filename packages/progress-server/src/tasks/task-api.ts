@@ -255,10 +255,12 @@ export class TaskApi {
     this.#hub.publishLocal(result.event, result.task.createdAt);
     if (isTerminalEvent(result.event)) {
       const owned = this.#owned.get(result.event.taskId);
-      // Only the run that ended: a reap answered late may name a run purged since, its id created again.
-      if (owned?.run !== result.task.createdAt) return;
+      // Not a later run owned here: a reap answered late may name a run purged since, its id created again
+      // here. A later run's end means the owned one is gone (ended unheard, purged): it ends (the row, of
+      // another run, ends the handle keeping its own last row).
+      if (owned === undefined || owned.run > result.task.createdAt) return;
       owned.control.update(result.task);
-      this.#ended(result.event.taskId, undefined, result.task.createdAt);
+      this.#ended(result.event.taskId, undefined, owned.run);
     }
   }
 
