@@ -120,9 +120,11 @@ export interface TaskHandleControl {
  * A handle driven by hand must be ended by its caller: while the server that created it runs, its lease is
  * renewed and the task stays `running` (its watchers wait, at 100 % if every item was reported) until
  * `complete`, `fail`, `cancel` or `interrupt` is called — reaping ends only the tasks of a server that
- * stopped renewing. A `complete` or `fail` the store refuses (an outage) stops the renewals: retried within
- * the lease TTL it still ends the task, else a reaper interrupts it. There is no deadline of the server's: end the task in a `finally` (as below), bound
- * slow work yourself (e.g. `setTimeout(() => task.interrupt('deadline'), ms)`, or `runBatch` with
+ * stopped renewing. A `complete`, `fail` or `interrupt` the store refuses (an outage) stops the renewals:
+ * retried within the lease TTL it still ends the task, else a reaper interrupts it. There is no deadline of
+ * the server's: end the task in a `finally` (as below), bound slow work yourself (e.g.
+ * `setTimeout(() => task.interrupt('deadline').catch(() => {}), ms)`, the timer cleared in the `finally`: a
+ * rejection left unhandled, `task_finished` once the task ended first, ends a Node process), or `runBatch` with
  * `signal: AbortSignal.timeout(ms)`, which ends it `cancelled`), and find handles left running in
  * `server.tasks.running`. `runBatch` always ends its task.
  *
@@ -302,9 +304,12 @@ export class TaskHandle {
     return this.#append(input) as Promise<CancelledEvent>;
   }
 
-  /** Ends the task as `interrupted` (the work stopped without an outcome, e.g. shutdown). */
+  /**
+   * Ends the task as `interrupted` (the work stopped without an outcome, e.g. shutdown). Refused by the
+   * store, it stops the lease's renewals as `complete` and `fail` do.
+   */
   interrupt(reason: string): Promise<InterruptedEvent> {
-    return this.#append({
+    return this.#end({
       type: 'interrupted',
       // A reason is required; without a string one (JavaScript) clip() threw and the task stayed running.
       reason: typeof reason === 'string' ? clip(reason, LIMITS.maxKeyLength) : 'interrupted',
@@ -354,13 +359,15 @@ export class TaskHandle {
   }
 
   /**
-   * The worker's own ending (`complete`, `fail`). Refused (an outage, or any error that leaves the task
-   * running), the lease is no longer renewed, as `runBatch` does once it gives its terminal up: the worker
-   * has said its last word, and the handle's own example, `fail()` in the catch of a refused `complete()`,
+   * The worker's own ending (`complete`, `fail`, `interrupt`). Refused (an outage, or any error that leaves
+   * the task running), the lease is no longer renewed, as `runBatch` does once it gives its terminal up: the
+   * worker has said its last word, and the handle's own example, `fail()` in the catch of a refused `complete()`,
    * refused in the same outage, left the task `running` under a lease this live server renewed for good.
    * Retried within the lease, the ending still goes in; else a reaper interrupts the task. An append that
    * committed all the same (an answer lost after COMMIT) ended the task: nothing to renew. Not `cancel`:
-   * `tasks.cancel` (HTTP) goes through it while the worker runs on. A batch has its own retries.
+   * `tasks.cancel` (HTTP) goes through it while the worker runs on. `interrupt` does: a deadline timer's
+   * `interrupt()` refused in an outage (fire and forget, nobody retries it) left the task `running` under
+   * renewals for as long as the server ran. A batch has its own retries.
    */
   #end(input: AppendInput): Promise<TaskEvent> {
     const run = this.#task.createdAt;
