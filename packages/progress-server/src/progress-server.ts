@@ -255,7 +255,7 @@ export class ProgressServer<P extends Principal = Principal> {
       ttlMs: resolved.leaseTtlMs,
       renewIntervalMs: resolved.leaseRenewIntervalMs,
       reapIntervalMs: resolved.reapIntervalMs,
-      onLost: (taskId, error) => this.tasks.leaseLost(taskId, error),
+      onLost: (taskId, run, error) => this.tasks.leaseLost(taskId, error, run),
       onReaped: (result) => this.tasks.published(result),
     });
     this.tasks = new TaskApi({

@@ -116,6 +116,25 @@ describe('a hand-driven terminal refused by an outage that the caller does not r
     expect(server.tasks.running).toEqual([]);
   });
 
+  it('interrupt() refused (a deadline timer, fire and forget): the lease is no longer renewed, and a reaper interrupts the task', async () => {
+    const clock = new ManualClock();
+    const { store, appends, server, task } = await failingTask(clock);
+    await task.item({ key: 'a', ok: true });
+    // The handle's doc: bound slow work with a timer that interrupts the task; the worker has given up.
+    appends.refuse(terminal);
+    await expect(task.interrupt('deadline')).rejects.toMatchObject({ code: ErrorCode.StoreUnavailable });
+    appends.heal();
+    // Renewed for as long as the server ran, the task stayed `running` though nobody would end it.
+    for (let round = 0; round < 3; round++) {
+      clock.advance(1000);
+      await server.leases.renewAll();
+      await replica(store, `replica-${round}`).leases.reap();
+    }
+    expect(await store.getTask(task.id)).toMatchObject({ status: 'interrupted', seq: 2 });
+    await expect.poll(() => task.finished).toBe(true);
+    expect(server.tasks.running).toEqual([]);
+  });
+
   it('a complete() retried within the lease still completes the task', async () => {
     const clock = new ManualClock();
     const { appends, task } = await failingTask(clock);

@@ -109,6 +109,40 @@ describe('leases', () => {
     });
   });
 
+  it('a lease another worker took over, found at shutdown: appends reject lease_held, and nothing is logged as a store failure', async () => {
+    const clock = new ManualClock();
+    const store = new MemoryProgressStore({ clock: clock.now });
+    const errors: string[] = [];
+    const server = new ProgressServer({
+      store,
+      authenticate: () => null,
+      serverId: 'replica-a',
+      ...quiet,
+      logger: {
+        debug: () => undefined,
+        info: () => undefined,
+        warn: () => undefined,
+        error: (_fields: unknown, message?: string) => {
+          errors.push(message ?? '');
+        },
+      },
+    });
+    const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    // replica-a froze past its lease; another worker took the task over; replica-a then shuts down
+    // (its signal aborts `closed`) and learns of the takeover from its interrupt, refused `lease_held`.
+    clock.advance(1000);
+    await store.renewLease(task.id, 'replica-thief', 5000);
+    await server.close({ timeoutMs: 1000 });
+    expect(task.signal.reason).toMatchObject({ code: ErrorCode.Closed });
+    expect(task.finished).toBe(true);
+    // The task did not end: it runs on under the other worker, as the handle's appends say.
+    await expect(task.item({ key: 'late', ok: true })).rejects.toMatchObject({ code: ErrorCode.LeaseHeld });
+    await expect(task.complete()).rejects.toMatchObject({ code: ErrorCode.LeaseHeld });
+    expect(errors).toEqual([]);
+    expect((await server.metrics.storeErrors.get()).values.reduce((sum, v) => sum + v.value, 0)).toBe(0);
+    expect(await store.getTask(task.id)).toMatchObject({ status: 'running', leaseOwner: 'replica-thief' });
+  });
+
   it('a handle whose expired lease another worker took over writes nothing more into the task, even before a renewal told it', async () => {
     const clock = new ManualClock();
     const store = new MemoryProgressStore({ clock: clock.now });

@@ -20,8 +20,11 @@ export interface LeaseKeeperOptions {
   reapIntervalMs: number;
   logger: ProgressLogger;
   metrics: ServerMetrics;
-  /** A lease could not be renewed because the task ended elsewhere or another worker took it. */
-  onLost(taskId: string, error: unknown): void;
+  /**
+   * The lease of run `run` (its `createdAt`) of a task could not be renewed because the task ended
+   * elsewhere or another worker took it, or this replica reaped it.
+   */
+  onLost(taskId: string, run: number, error: unknown): void;
   /** This replica reaped an expired lease: publish the `interrupted` event locally. */
   onReaped(result: AppendResult): void;
   /** A monotonic clock in milliseconds, for the age of a store call in flight. @default performance.now */
@@ -173,7 +176,7 @@ export class LeaseKeeper {
       ) {
         this.#owned.delete(taskId);
         logger.warn({ err: describeError(error), taskId }, 'lease lost; the task ended or moved elsewhere');
-        this.#notifyLost(taskId, error);
+        this.#notifyLost(taskId, run, error);
         return;
       }
       metrics.storeErrors.inc();
@@ -200,7 +203,14 @@ export class LeaseKeeper {
         { taskId: result.event.taskId, seq: result.event.seq },
         'expired lease reaped: task interrupted',
       );
-      const owned = this.#owned.delete(result.event.taskId);
+      const taskId = result.event.taskId;
+      const run = result.task.createdAt;
+      // Not if the run renewed is a later one: a reap answered late (its query slow, or left behind as hung)
+      // may name a run purged since, its id created again here, and that run is alive. A later run reaped
+      // means the one renewed is gone (ended unheard, purged): it is lost too.
+      const ownedRun = this.#owned.get(taskId);
+      const owned = ownedRun !== undefined && ownedRun <= run;
+      if (owned) this.#owned.delete(taskId);
       // Published first: the reaped row goes into the task's handle before it learns it lost the task. Told
       // first, the handle's signal aborted while its status still said `running`, and stayed so when the
       // re-read that followed failed (a store answering the reap but not the read).
@@ -210,14 +220,14 @@ export class LeaseKeeper {
         metrics.handlerErrors.inc();
         logger.error({ err: describeError(error) }, 'publishing a reaped task failed');
       }
-      if (owned) this.#notifyLost(result.event.taskId, undefined);
+      if (owned) this.#notifyLost(taskId, ownedRun, undefined);
     }
     return results;
   }
 
-  #notifyLost(taskId: string, error: unknown): void {
+  #notifyLost(taskId: string, run: number, error: unknown): void {
     try {
-      this.#options.onLost(taskId, error);
+      this.#options.onLost(taskId, run, error);
     } catch (failure) {
       this.#options.metrics.handlerErrors.inc();
       this.#options.logger.error({ err: describeError(failure), taskId }, 'lease-lost handler failed');

@@ -173,3 +173,169 @@ describe('a terminal change of an older run heard late', () => {
     expect(current.status).toBe('cancelled');
   });
 });
+
+/**
+ * `store` with one method's answer held back until `release()`: the call runs (commits or is refused) at
+ * once, its answer reaches the server only then (a reply still on the wire, a connection slow to hand it over).
+ */
+function heldAnswer(store: ProgressStore, method: 'reapExpiredLeases' | 'append') {
+  let release: () => void = () => {};
+  const gate = new Promise<void>((resolve) => {
+    release = resolve;
+  });
+  let committed: () => void = () => {};
+  const called = new Promise<void>((resolve) => {
+    committed = resolve;
+  });
+  let holding = true;
+  const proxy = new Proxy(store, {
+    get(target, key) {
+      const value: unknown = Reflect.get(target, key, target);
+      if (key === method && holding) {
+        return async (...args: unknown[]) => {
+          holding = false;
+          const answer = Promise.resolve(
+            (value as (...a: unknown[]) => Promise<unknown>).apply(target, args),
+          );
+          // Settled (committed or refused) before the gate: only the answer is held.
+          await answer.then(committed, committed);
+          await gate;
+          return answer;
+        };
+      }
+      return typeof value === 'function' ? value.bind(target) : value;
+    },
+  });
+  return { store: proxy as ProgressStore, called, release };
+}
+
+describe('the late answer of an older run', () => {
+  it("a reap's answer arriving after the run was purged and created again here leaves the new run alone", async () => {
+    // Replica B reaps run 1 of `job-1` (replica A's, expired); the reap commits but its answer is late.
+    // Meanwhile run 1 is purged and B creates run 2. The answer names run 1: it must not end run 2's
+    // handle, abort its signal nor stop renewing its lease.
+    const clock = new ManualClock();
+    const store = new MemoryProgressStore({ clock: clock.now });
+    await replica(deaf(store), 'replica-a').tasks.create({ id: 'job-1', owner: 'alice', kind: 'k' });
+    clock.advance(TTL);
+    const held = heldAnswer(store, 'reapExpiredLeases');
+    const live = replica(held.store, 'replica-b');
+    const reaping = live.leases.reap();
+    await held.called;
+    clock.advance(1);
+    expect(await store.purgeFinished({ olderThanMs: 0 })).toBe(1);
+    clock.advance(1);
+    const current = await live.tasks.create({ id: 'job-1', owner: 'alice', kind: 'k' });
+    held.release();
+    expect((await reaping).map((result) => result.event.type)).toEqual(['interrupted']);
+    expect(current.finished).toBe(false);
+    expect(current.status).toBe('running');
+    expect(current.signal.aborted).toBe(false);
+    expect([...live.leases.owned]).toEqual(['job-1']);
+    expect(live.tasks.running).toEqual([current]);
+    // Still renewed: past run 2's first TTL it is not reaped.
+    clock.advance(TTL - 1);
+    await live.leases.renewAll();
+    clock.advance(2);
+    expect(await live.leases.reap()).toEqual([]);
+    await current.complete();
+    expect((await store.getTask('job-1'))?.status).toBe('completed');
+  });
+
+  it("a handle's terminal answered after its run was purged and created again here leaves the new run alone", async () => {
+    // Run 1's `complete()` commits, its answer is late; run 1 is purged and this server creates run 2.
+    const clock = new ManualClock();
+    const store = new MemoryProgressStore({ clock: clock.now });
+    const held = heldAnswer(store, 'append');
+    const live = replica(held.store, 'replica-b');
+    const old = await live.tasks.create({ id: 'job-1', owner: 'alice', kind: 'k' });
+    const completing = old.complete();
+    await held.called;
+    clock.advance(1);
+    expect(await store.purgeFinished({ olderThanMs: 0 })).toBe(1);
+    clock.advance(1);
+    const current = await live.tasks.create({ id: 'job-1', owner: 'alice', kind: 'k' });
+    held.release();
+    await completing;
+    expect(old.status).toBe('completed');
+    expect(current.finished).toBe(false);
+    expect(current.signal.aborted).toBe(false);
+    expect([...live.leases.owned]).toEqual(['job-1']);
+    expect(live.tasks.running).toEqual([current]);
+    await current.complete();
+    expect((await store.getTask('job-1'))?.status).toBe('completed');
+  });
+
+  it("a handle's append refused `task_finished` after its run was purged and created again here leaves the new run alone", async () => {
+    // Run 1 is cancelled by another replica; this one (deaf: it hears no change) appends an item, refused
+    // `task_finished`, the refusal late. Run 1 is purged and this server creates run 2 meanwhile.
+    const clock = new ManualClock();
+    const store = new MemoryProgressStore({ clock: clock.now });
+    const held = heldAnswer(deaf(store), 'append');
+    const live = replica(held.store, 'replica-b');
+    const old = await live.tasks.create({ id: 'job-1', owner: 'alice', kind: 'k' });
+    await replica(store, 'replica-c').tasks.cancel('job-1', 'stop');
+    const appending = old.item({ key: 'x', ok: true });
+    await held.called;
+    clock.advance(1);
+    expect(await store.purgeFinished({ olderThanMs: 0 })).toBe(1);
+    clock.advance(1);
+    const current = await live.tasks.create({ id: 'job-1', owner: 'alice', kind: 'k' });
+    held.release();
+    await expect(appending).rejects.toMatchObject({ code: ErrorCode.TaskFinished });
+    expect(old.finished).toBe(true);
+    expect(current.finished).toBe(false);
+    expect(current.signal.aborted).toBe(false);
+    expect([...live.leases.owned]).toEqual(['job-1']);
+    expect(live.tasks.running).toEqual([current]);
+    await current.complete();
+    expect((await store.getTask('job-1'))?.status).toBe('completed');
+  });
+
+  it('a handle of an older run still owned here ends when this server creates the id again', async () => {
+    // Run 1 is cancelled elsewhere and this (deaf) replica misses the change; run 1 is purged and this
+    // replica creates run 2. Run 1's handle learns it from the create: its signal aborts, though it
+    // appends nothing more (a job waiting on it for a long step).
+    const clock = new ManualClock();
+    const store = new MemoryProgressStore({ clock: clock.now });
+    const live = replica(deaf(store), 'replica-b');
+    const old = await live.tasks.create({ id: 'job-1', owner: 'alice', kind: 'k' });
+    const signal = old.signal;
+    await replica(store, 'replica-c').tasks.cancel('job-1', 'stop');
+    clock.advance(1);
+    expect(await store.purgeFinished({ olderThanMs: 0 })).toBe(1);
+    clock.advance(1);
+    const current = await live.tasks.create({ id: 'job-1', owner: 'alice', kind: 'k' });
+    expect(signal.aborted).toBe(true);
+    expect(signal.reason).toMatchObject({ code: ErrorCode.TaskFinished });
+    expect(old.finished).toBe(true);
+    expect(current.finished).toBe(false);
+    expect(live.tasks.running).toEqual([current]);
+    expect([...live.leases.owned]).toEqual(['job-1']);
+  });
+});
+
+describe('a reap of a later run of the id', () => {
+  it('ends the handle of the earlier run still owned here at once', async () => {
+    // Run 1 (this deaf replica's) is cancelled elsewhere, unheard; it is purged, run 2 is created by
+    // another replica and reaped here: run 1's handle is gone with it, told by the reap, not at the
+    // next renewal.
+    const clock = new ManualClock();
+    const store = new MemoryProgressStore({ clock: clock.now });
+    const here = replica(deaf(store), 'replica-a');
+    const old = await here.tasks.create({ id: 'job-1', owner: 'alice', kind: 'k' });
+    const other = replica(store, 'replica-b');
+    await other.tasks.cancel('job-1', 'stop');
+    clock.advance(1);
+    expect(await store.purgeFinished({ olderThanMs: 0 })).toBe(1);
+    clock.advance(1);
+    await other.tasks.create({ id: 'job-1', owner: 'alice', kind: 'k' });
+    await other.leases.close();
+    clock.advance(TTL);
+    expect((await here.leases.reap()).length).toBe(1);
+    expect(old.finished).toBe(true);
+    expect(old.signal.aborted).toBe(true);
+    expect(here.leases.owned.size).toBe(0);
+    expect(here.tasks.running).toEqual([]);
+  });
+});

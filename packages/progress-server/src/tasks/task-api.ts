@@ -69,6 +69,11 @@ type AppendFence = HandleFence | { handle?: undefined; run: number };
 
 interface Owned {
   handle: TaskHandle;
+  /**
+   * The run owned (its `createdAt`). An answer about the task names its run: one about an older run (a reap
+   * or append answered after that run was purged and its id created again here) must not end this one.
+   */
+  run: number;
   control: TaskHandleControl;
   stopFollow: Unsubscribe | undefined;
 }
@@ -187,7 +192,12 @@ export class TaskApi {
     } catch (error) {
       this.#logger.warn({ err: describeError(error), taskId: task.id }, 'change feed follow() failed');
     }
-    this.#owned.set(task.id, { handle, control, stopFollow });
+    // An older run of the id still owned here ended unheard (a missed change) and was purged, as the
+    // store created this one: its handle ends now, as its next append would have learnt (`task_not_found`),
+    // and its follow is released. Overwritten, its signal never aborted and its follow was never undone.
+    const older = this.#owned.get(task.id);
+    if (older !== undefined) this.#ended(task.id, undefined, older.run);
+    this.#owned.set(task.id, { handle, control, stopFollow, run: task.createdAt });
     this.#leases.add(task.id, task.createdAt);
     if (this.#closing) {
       // The row came back after shutdown() listed the tasks to interrupt: nobody else will end it (the
@@ -245,23 +255,33 @@ export class TaskApi {
     this.#hub.publishLocal(result.event, result.task.createdAt);
     if (isTerminalEvent(result.event)) {
       const owned = this.#owned.get(result.event.taskId);
-      owned?.control.update(result.task);
-      this.#ended(result.event.taskId);
+      // Not a later run owned here: a reap answered late may name a run purged since, its id created again
+      // here. A later run's end means the owned one is gone (ended unheard, purged): it ends (the row, of
+      // another run, ends the handle keeping its own last row).
+      if (owned === undefined || owned.run > result.task.createdAt) return;
+      owned.control.update(result.task);
+      this.#ended(result.event.taskId, undefined, owned.run);
     }
   }
 
   /**
    * @internal A lease of an owned task was lost: the task ended, or (`error` is `lease_held`) another
    * worker took the lease over once it had expired: the task did not end, so the handle's signal aborts
-   * with that `lease_held` error rather than with `task_finished`.
+   * with that `lease_held` error rather than with `task_finished`. `run`: the run whose lease was lost;
+   * another run owned under the id (created since that run was purged) is left alone.
    */
-  leaseLost(taskId: string, error?: unknown): void {
+  leaseLost(taskId: string, error?: unknown, run?: number): void {
     const owned = this.#owned.get(taskId);
-    if (owned === undefined) return;
+    if (owned === undefined || (run !== undefined && owned.run !== run)) return;
     if (isProgressError(error, ErrorCode.LeaseHeld)) {
-      const message = `The lease of task ${taskId} was taken over by another worker`;
-      this.#ended(taskId, () => new ProgressError(ErrorCode.LeaseHeld, message, { taskId }));
-    } else this.#ended(taskId);
+      const lost = new ProgressError(
+        ErrorCode.LeaseHeld,
+        `The lease of task ${taskId} was taken over by another worker`,
+        { taskId },
+      );
+      owned.control.leaseLost(lost);
+      this.#ended(taskId, () => lost, owned.run);
+    } else this.#ended(taskId, undefined, owned.run);
     void this.#refresh(owned.control, taskId);
   }
 
@@ -307,6 +327,14 @@ export class TaskApi {
       await handle.interrupt('server shutting down');
     } catch (error) {
       if (isProgressError(error, ErrorCode.TaskFinished)) return;
+      if (isProgressError(error, ErrorCode.LeaseHeld)) {
+        // Not a store failure, and no reaper will end it: the task runs on under the worker that took it.
+        this.#logger.warn(
+          { err: describeError(error), taskId: handle.id },
+          'task not interrupted at shutdown: another worker took its lease over and runs it',
+        );
+        return;
+      }
       this.#metrics.storeErrors.inc();
       this.#logger.error(
         { err: describeError(error), taskId: handle.id },
@@ -378,8 +406,9 @@ export class TaskApi {
     } catch (error) {
       settled();
       if (isProgressError(error, ErrorCode.TaskFinished)) {
-        const control = this.#writer(taskId, fence);
-        this.#ended(taskId);
+        const control = this.#writer(taskId, fence, fence?.run);
+        // The refused run's: answered late, the id may be a newer run's by now, created here and alive.
+        this.#ended(taskId, undefined, fence?.run);
         // Not owned any more (forgotten by shutdown, its interrupt refused): its run ended all the same.
         control?.ended();
         void this.#refresh(control, taskId);
@@ -387,18 +416,19 @@ export class TaskApi {
         this.#runGone(taskId, fence);
       } else if (fence?.handle !== undefined && isProgressError(error, ErrorCode.LeaseHeld)) {
         // Another worker took the lease over: this handle no longer writes to the task (see leaseLost).
-        if (this.#owned.get(taskId)?.handle === fence.handle) this.leaseLost(taskId, error);
+        if (this.#owned.get(taskId)?.handle === fence.handle) this.leaseLost(taskId, error, fence.run);
       }
       throw error;
     }
     try {
-      this.#writer(taskId, fence)?.update(result.task);
+      this.#writer(taskId, fence, result.task.createdAt)?.update(result.task);
       // Same tick as the commit: local watchers get it without waiting for the feed.
       this.#hub.publishLocal(result.event, result.task.createdAt);
     } finally {
       settled();
     }
-    if (isTerminalEvent(result.event)) this.#ended(taskId);
+    // The run written to: answered late, the id may be a newer run's by now, created here and alive.
+    if (isTerminalEvent(result.event)) this.#ended(taskId, undefined, result.task.createdAt);
     return result.event;
   }
 
@@ -406,10 +436,17 @@ export class TaskApi {
    * The control of the handle an append comes from, else of the owned task's handle. The writing handle's
    * own, not the owned one: shutdown forgets the tasks whose interrupt the store refused or answered past
    * the deadline, and the result of that interrupt (or of a later append of the handle) went nowhere: the
-   * handle said `running` after its task ended, and refused appends left `finished` false.
+   * handle said `running` after its task ended, and refused appends left `finished` false. Without a
+   * handle, the owned task's only if it is run `run` (when known): a row of another run ended its handle.
    */
-  #writer(taskId: string, fence: AppendFence | undefined): TaskHandleControl | undefined {
-    return fence?.handle === undefined ? this.#owned.get(taskId)?.control : this.#controls.get(fence.handle);
+  #writer(
+    taskId: string,
+    fence: AppendFence | undefined,
+    run: number | undefined,
+  ): TaskHandleControl | undefined {
+    if (fence?.handle !== undefined) return this.#controls.get(fence.handle);
+    const owned = this.#owned.get(taskId);
+    return run === undefined || owned?.run === run ? owned?.control : undefined;
   }
 
   /**
@@ -426,14 +463,15 @@ export class TaskApi {
 
   /**
    * The owned task ended (or its lease went to another worker): stop renewing, abort its handle's signal
-   * with `reason()`, forget it.
+   * with `reason()`, forget it. With `run`, only if that is the run owned (see {@link Owned.run}).
    */
   #ended(
     taskId: string,
     reason = () => new ProgressError(ErrorCode.TaskFinished, `Task ${taskId} ended`, { taskId }),
+    run?: number,
   ): void {
     const owned = this.#owned.get(taskId);
-    if (owned === undefined) return;
+    if (owned === undefined || (run !== undefined && owned.run !== run)) return;
     owned.control.ended();
     owned.control.abort(reason);
     this.#forget(taskId);

@@ -99,6 +99,11 @@ export interface TaskHandleControl {
   abort(reason: () => ProgressError): void;
   /** The task is known to have ended, whoever ended it. */
   ended(): void;
+  /**
+   * Another worker took the task's lease over: the handle ends and its appends reject with `error`
+   * (`lease_held`) while the task runs on, even when its signal had aborted first for another reason.
+   */
+  leaseLost(error: ProgressError): void;
 }
 
 /**
@@ -115,9 +120,11 @@ export interface TaskHandleControl {
  * A handle driven by hand must be ended by its caller: while the server that created it runs, its lease is
  * renewed and the task stays `running` (its watchers wait, at 100 % if every item was reported) until
  * `complete`, `fail`, `cancel` or `interrupt` is called — reaping ends only the tasks of a server that
- * stopped renewing. A `complete` or `fail` the store refuses (an outage) stops the renewals: retried within
- * the lease TTL it still ends the task, else a reaper interrupts it. There is no deadline of the server's: end the task in a `finally` (as below), bound
- * slow work yourself (e.g. `setTimeout(() => task.interrupt('deadline'), ms)`, or `runBatch` with
+ * stopped renewing. A `complete`, `fail` or `interrupt` the store refuses (an outage) stops the renewals:
+ * retried within the lease TTL it still ends the task, else a reaper interrupts it. There is no deadline of
+ * the server's: end the task in a `finally` (as below), bound slow work yourself (e.g.
+ * `setTimeout(() => task.interrupt('deadline').catch(() => {}), ms)`, the timer cleared in the `finally`: a
+ * rejection left unhandled, `task_finished` once the task ended first, ends a Node process), or `runBatch` with
  * `signal: AbortSignal.timeout(ms)`, which ends it `cancelled`), and find handles left running in
  * `server.tasks.running`. `runBatch` always ends its task.
  *
@@ -151,6 +158,12 @@ export class TaskHandle {
   #controller: AbortController | undefined;
   /** Set once the handle's signal is to be aborted; applied to a controller made later. */
   #abortReason: (() => ProgressError) | undefined;
+  /**
+   * Why the appends are refused once another worker took the lease over (`lease_held`). Not read from the
+   * signal's reason: a takeover found at shutdown (the interrupt refused) came after the signal aborted
+   * `closed`, and the appends rejected `task_finished`, "already ended (running)", for a task running on.
+   */
+  #leaseLost: ProgressError | undefined;
   /** Only ever a row of the handle's run: its `createdAt` names the run it writes to (see `RunFence`). */
   #task: Task;
   #ended = false;
@@ -184,6 +197,10 @@ export class TaskHandle {
       ended: () => {
         this.#ended = true;
       },
+      leaseLost: (error) => {
+        this.#leaseLost ??= error;
+        this.#ended = true;
+      },
     });
   }
 
@@ -206,7 +223,8 @@ export class TaskHandle {
    * Aborted when the task ended (reason: ProgressError `task_finished`), when another worker took its
    * lease over after it expired (reason: ProgressError `lease_held`: the task runs on there, and this
    * handle's appends reject with that error), or when the server is shutting down (reason: ProgressError
-   * `closed`).
+   * `closed`). The reason is the first of these: a lease taken over once the shutdown began (found by its
+   * interrupt) leaves it `closed`, and the appends reject `lease_held` all the same.
    */
   get signal(): AbortSignal {
     if (this.#controller === undefined) {
@@ -286,9 +304,12 @@ export class TaskHandle {
     return this.#append(input) as Promise<CancelledEvent>;
   }
 
-  /** Ends the task as `interrupted` (the work stopped without an outcome, e.g. shutdown). */
+  /**
+   * Ends the task as `interrupted` (the work stopped without an outcome, e.g. shutdown). Refused by the
+   * store, it stops the lease's renewals as `complete` and `fail` do.
+   */
   interrupt(reason: string): Promise<InterruptedEvent> {
-    return this.#append({
+    return this.#end({
       type: 'interrupted',
       // A reason is required; without a string one (JavaScript) clip() threw and the task stayed running.
       reason: typeof reason === 'string' ? clip(reason, LIMITS.maxKeyLength) : 'interrupted',
@@ -338,13 +359,15 @@ export class TaskHandle {
   }
 
   /**
-   * The worker's own ending (`complete`, `fail`). Refused (an outage, or any error that leaves the task
-   * running), the lease is no longer renewed, as `runBatch` does once it gives its terminal up: the worker
-   * has said its last word, and the handle's own example, `fail()` in the catch of a refused `complete()`,
+   * The worker's own ending (`complete`, `fail`, `interrupt`). Refused (an outage, or any error that leaves
+   * the task running), the lease is no longer renewed, as `runBatch` does once it gives its terminal up: the
+   * worker has said its last word, and the handle's own example, `fail()` in the catch of a refused `complete()`,
    * refused in the same outage, left the task `running` under a lease this live server renewed for good.
    * Retried within the lease, the ending still goes in; else a reaper interrupts the task. An append that
    * committed all the same (an answer lost after COMMIT) ended the task: nothing to renew. Not `cancel`:
-   * `tasks.cancel` (HTTP) goes through it while the worker runs on. A batch has its own retries.
+   * `tasks.cancel` (HTTP) goes through it while the worker runs on. `interrupt` does: a deadline timer's
+   * `interrupt()` refused in an outage (fire and forget, nobody retries it) left the task `running` under
+   * renewals for as long as the server ran. A batch has its own retries.
    */
   #end(input: AppendInput): Promise<TaskEvent> {
     const run = this.#task.createdAt;
@@ -359,8 +382,9 @@ export class TaskHandle {
   #append(input: AppendInput): Promise<TaskEvent> {
     if (this.finished) {
       // Its lease went to another worker: the task runs on there, it did not end.
-      const lost = this.#task.status === 'running' ? this.#abortReason?.() : undefined;
-      if (lost?.code === ErrorCode.LeaseHeld) return Promise.reject(lost);
+      if (this.#leaseLost !== undefined && this.#task.status === 'running') {
+        return Promise.reject(this.#leaseLost);
+      }
       return Promise.reject(
         new ProgressError(ErrorCode.TaskFinished, `Task ${this.id} already ended (${this.#task.status})`, {
           taskId: this.id,
