@@ -652,7 +652,18 @@ export function streamTask(
     // A comment: EventSource ignores it, but proxies and the client's liveness timer see traffic. A full
     // buffer is traffic enough, and a stalled reader's buffer must not grow by one comment per interval
     // (a refused heartbeat starts the wait for 'drain' and its stall timeout, as a refused frame does).
-    if (!ended && !draining) send(`: heartbeat ${ctx.clock()}\n\n`);
+    if (ended || draining) return;
+    // The time is for whoever reads the stream: a clock that throws (one that returned NaN once) threw out
+    // of this timer, an uncaught exception, which ends a Node process by default. Counted and logged as a
+    // socket's failed heartbeat is; the stream goes on, this heartbeat without its time.
+    let time = '';
+    try {
+      time = ` ${ctx.clock()}`;
+    } catch (error) {
+      ctx.metrics.handlerErrors.inc();
+      ctx.logger.error({ err: describeError(error), taskId }, 'SSE heartbeat could not read the clock');
+    }
+    send(`: heartbeat${time}\n\n`);
   }, ctx.heartbeatIntervalMs);
   heartbeat.unref();
   // The stream ends when its credential expires, as a socket is closed then (4011): the client's next
