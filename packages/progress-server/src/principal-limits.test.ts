@@ -450,6 +450,26 @@ describe('FairReads', () => {
     reads.close();
   });
 
+  it('serves every read, turn after turn, while the clock throws', async () => {
+    let broken = false;
+    const reads = new FairReads({
+      maxConcurrent: 1,
+      maxPerPrincipal: 1,
+      clock: () => {
+        if (broken) throw new Error('clock returned NaN');
+        return 0;
+      },
+    });
+    broken = true;
+    // One read per turn of the loop (see above); each turn and each read asked while the slot is held
+    // sweeps the queues, which reads the clock. Until 7 December 2026 its throw left the turn's callback (an
+    // uncaught exception) with the reads behind the first never started, and failed the reads asked for
+    // while the slot was held.
+    const all = Array.from({ length: 3 }, (_, i) => reads.run('mallory', () => Promise.resolve(i)));
+    expect(await Promise.all(all)).toEqual([0, 1, 2]);
+    reads.close();
+  });
+
   it('sweeps a long queue for superseded reads at most every STALE_SWEEP_INTERVAL_MS, and then answers them without their turn', async () => {
     let now = 0;
     const reads = new FairReads({ maxConcurrent: 4, maxPerPrincipal: 1, clock: () => now });
