@@ -2,6 +2,7 @@ import { ErrorCode } from '@finishline/core';
 import { ManualClock } from '@finishline/core/testing';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { FairReads, STALE_SWEEP_INTERVAL_MS } from './hub/fair-reads.js';
+import { PrincipalLimits } from './principal-limits.js';
 import {
   gate,
   RawClient,
@@ -368,6 +369,24 @@ describe('HTTP API reads', () => {
         body: { error: { code: 'closed', message: expect.any(String) } },
       })),
     );
+  });
+});
+
+describe('PrincipalLimits', () => {
+  it('closes a socket while the clock throws, and gives its count back', () => {
+    const limits = new PrincipalLimits({
+      maxSockets: 1,
+      maxSubscriptions: 1,
+      ratePerSecond: 1,
+      clock: () => {
+        throw new Error('clock returned NaN');
+      },
+    });
+    expect(limits.openSocket('alice')).toBe(true);
+    // Until 7 December 2026 the sweep of refilled budgets that follows threw: an event stream's end,
+    // from a timer, stopped there (an uncaught exception), its response never ended.
+    expect(() => limits.closeSocket('alice')).not.toThrow();
+    expect(limits.openSocket('alice')).toBe(true);
   });
 });
 
