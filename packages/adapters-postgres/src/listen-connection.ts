@@ -971,7 +971,7 @@ export class ListenConnection {
     // Connected, or connecting with a re-read that may have used the old mark: a new generation
     // discards that re-read and every barrier the old connection sent, and reconnects.
     this.#generation++;
-    if (this.#connected) this.#replacedAt = this.#options.clock();
+    if (this.#connected) this.#replacedAt = this.#time();
     this.#connected = false;
     clearTimeout(this.#barrierTimer);
     this.#barrierTimer = undefined;
@@ -1081,9 +1081,26 @@ export class ListenConnection {
    * a live connection may leave a barrier unanswered: a replacement that takes longer counts as down.
    */
   #replacing(): boolean {
-    return (
-      this.#replacedAt !== undefined && this.#options.clock() - this.#replacedAt < this.#barrierTimeoutMs()
-    );
+    if (this.#replacedAt === undefined) return false;
+    const now = this.#time();
+    return now !== undefined && now - this.#replacedAt < this.#barrierTimeoutMs();
+  }
+
+  /**
+   * The store's clock, `undefined` when it throws (one that returned NaN once, which the store's clock
+   * refuses): reported, and the replacement is then taken as down (see {@link #replacing}). Read bare in
+   * {@link rereadAll}, its throw came halfway through the replacement: the old connection's generation was
+   * retired (its notifications ignored from then on) but the connection neither ended nor replaced, nor a
+   * reconnect scheduled, and the feed counted as connected. Nothing reached it by `NOTIFY` again, for the
+   * life of the store: what it published came from the safety-net poll alone, an interval late.
+   */
+  #time(): number | undefined {
+    try {
+      return this.#options.clock();
+    } catch (error) {
+      this.#options.onError(toProgressError(error, "Reading the store's clock failed"));
+      return undefined;
+    }
   }
 
   #clearWatchdog(): void {

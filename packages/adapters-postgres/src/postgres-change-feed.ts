@@ -186,15 +186,23 @@ export class ChangeFeedHub {
 
   /** Called when a report shows the store went back below what was published (see {@link wentBack}). */
   readonly #onWentBack: (taskId: string, seq: number, publishedSeq: number) => void;
+  /** Hears a failed read of the clock when a change ended (see {@link #endedAt}). */
+  readonly #onClockError: (error: unknown) => void;
+  /** The last time the clock gave, which stands in for one it fails to give (see {@link #endedAt}). */
+  #lastTime = 0;
+  /** A failed read of the clock was reported and none succeeded since: the next failures are not. */
+  #clockFailing = false;
 
   constructor(
     clock: Clock,
     onListenerError: (error: unknown) => void,
     onWentBack: (taskId: string, seq: number, publishedSeq: number) => void = () => {},
+    onClockError: (error: unknown) => void = () => {},
   ) {
     this.#clock = clock;
     this.#local = new LocalChangeFeed(onListenerError);
     this.#onWentBack = onWentBack;
+    this.#onClockError = onClockError;
   }
 
   subscribe(listener: ChangeListener): Unsubscribe {
@@ -395,7 +403,7 @@ export class ChangeFeedHub {
       if (terminal && this.#contradicts(known, seq, run)) {
         // The store lost commits whose seqs were published (see `wentBack`): remembered as reported, so
         // it is told once, and the renewed epoch's re-read publishes the task as the store holds it.
-        this.#remember(taskId, { seq, terminalAt: this.#clock(), run: run ?? known.run });
+        this.#remember(taskId, { seq, terminalAt: this.#endedAt(), run: run ?? known.run });
         this.#onWentBack(taskId, seq, known.seq);
         return 0;
       }
@@ -410,7 +418,7 @@ export class ChangeFeedHub {
     if (seq - from + 1 > MAX_FILL) from = seq - MAX_FILL + 1;
     this.#remember(taskId, {
       seq,
-      terminalAt: terminal ? this.#clock() : undefined,
+      terminalAt: terminal ? this.#endedAt() : undefined,
       run: run ?? known?.run,
     });
     // The report's events cover firstSeq..seq; seqs filled in below firstSeq go without one.
@@ -495,7 +503,7 @@ export class ChangeFeedHub {
       // builds on demand (see `append-pipeline.ts`) are built only if a subscriber reads them.
       this.#remember(change.taskId, {
         seq: change.seq,
-        terminalAt: change.terminal ? this.#clock() : undefined,
+        terminalAt: change.terminal ? this.#endedAt() : undefined,
         run: change.run ?? known?.run,
       });
       this.#local.publish(Object.isFrozen(change) ? change : Object.freeze({ ...change }));
@@ -516,12 +524,36 @@ export class ChangeFeedHub {
 
   /** Forgets terminal tasks past {@link TERMINAL_MEMORY_MS}, unless followed. Called by the poll. */
   sweep(): void {
-    const cutoff = this.#clock() - TERMINAL_MEMORY_MS;
+    // A clock that throws here fails the poll, which counts and reports it (see SafetyNetPoll.pollOnce).
+    this.#lastTime = this.#clock();
+    this.#clockFailing = false;
+    const cutoff = this.#lastTime - TERMINAL_MEMORY_MS;
     for (const [taskId, entry] of this.#published) {
       if (entry.terminalAt !== undefined && entry.terminalAt <= cutoff && !this.#followed.has(taskId)) {
         this.#published.delete(taskId);
       }
     }
+  }
+
+  /**
+   * When a task's end is published, for {@link sweep} alone: the last time read when the store's clock throws
+   * (one that returned NaN once, which the store's clock refuses). Read bare, that throw went up through
+   * whoever reported the end: the `LISTEN` connection's notification handler (pg's socket handler: an
+   * uncaught exception, which ends a Node process by default), or a committed append's publication (the
+   * batch's appends never settled, their callers waiting for ever, beside an unhandled rejection), with the
+   * change left unpublished. Reported to `onClockError`, once per streak of failures.
+   */
+  #endedAt(): number {
+    try {
+      this.#lastTime = this.#clock();
+      this.#clockFailing = false;
+    } catch (error) {
+      if (!this.#clockFailing) {
+        this.#clockFailing = true;
+        this.#onClockError(error);
+      }
+    }
+    return this.#lastTime;
   }
 
   #remember(taskId: string, entry: Published): void {

@@ -251,8 +251,12 @@ export class PostgresProgressStore implements ProgressStore {
       ),
     );
     this.#onError = onError;
-    this.#hub = new ChangeFeedHub(options.clock, options.onListenerError, (taskId, seq, publishedSeq) =>
-      this.#wentBack(taskId, seq, publishedSeq),
+    this.#hub = new ChangeFeedHub(
+      options.clock,
+      options.onListenerError,
+      (taskId, seq, publishedSeq) => this.#wentBack(taskId, seq, publishedSeq),
+      (error) =>
+        onError(toProgressError(error, "Reading the store's clock failed as a task's end was published")),
     );
     this.#listener = new ListenConnection({
       hub: this.#hub,

@@ -388,6 +388,40 @@ describe('ChangeFeedHub', () => {
       unfollow();
     });
   });
+
+  it("publishes a task's end when the store's clock throws, and reports the clock once per streak", () => {
+    const clock = new ManualClock();
+    let broken = true;
+    const clockErrors: unknown[] = [];
+    const hub = new ChangeFeedHub(
+      () => {
+        if (broken) throw new ProgressError(ErrorCode.Internal, 'clock returned NaN');
+        return clock.now();
+      },
+      () => {},
+      () => {},
+      (error) => clockErrors.push(error),
+    );
+    const published: string[] = [];
+    hub.subscribe((change) => published.push(`${change.taskId}#${change.seq}${change.terminal ? '!' : ''}`));
+    // Until 7 December 2026 both threw: from the LISTEN connection's notification handler (an uncaught
+    // exception in pg's socket handler), and from a committed append's publication (its batch's appends
+    // never settled), the end published to no one.
+    expect(() =>
+      hub.report({ taskId: 'a', firstSeq: 1, seq: 2, terminal: true }, 'notification'),
+    ).not.toThrow();
+    expect(() => hub.publishCommitted({ taskId: 'b', seq: 1, terminal: true })).not.toThrow();
+    expect(published).toEqual(['a#1', 'a#2!', 'b#1!']);
+    expect(clockErrors).toHaveLength(1);
+    expect((clockErrors[0] as ProgressError).code).toBe(ErrorCode.Internal);
+    // A read that succeeds ends the streak: the next failure is reported again.
+    broken = false;
+    hub.report({ taskId: 'c', firstSeq: 1, seq: 1, terminal: true }, 'poll');
+    broken = true;
+    hub.report({ taskId: 'd', firstSeq: 1, seq: 1, terminal: true }, 'replay');
+    expect(published).toEqual(['a#1', 'a#2!', 'b#1!', 'c#1!', 'd#1!']);
+    expect(clockErrors).toHaveLength(2);
+  });
 });
 
 describe('SafetyNetPoll', () => {

@@ -1,3 +1,4 @@
+import { ErrorCode, type ProgressError } from '@finishline/core';
 import { describe, expect, it } from 'vitest';
 import { eventually, Recorder, settlesWithin, storeFixtures } from './support.js';
 
@@ -39,6 +40,33 @@ describe('a hook that throws', () => {
     expect(
       warnings.filter((w) => (w as { code?: string }).code === 'FINISHLINE_POSTGRES_ON_ERROR_THREW'),
     ).toHaveLength(1);
+  });
+
+  it('clock: a LISTEN connection replaced while the clock throws still reconnects, and hears later commits', async () => {
+    const schema = await migrated();
+    let broken = false;
+    const reported: ProgressError[] = [];
+    const observer = await open({
+      schema,
+      // No safety net: what the observer hears comes from notifications and re-reads alone.
+      pollIntervalMs: 3_600_000,
+      clock: () => (broken ? Number.NaN : Date.now()),
+      onError: (error) => reported.push(error),
+    });
+    const writer = await open({ schema });
+    const recorder = new Recorder(observer);
+    await writer.createTask({ id: 'x', owner: 'alice', kind: 'k' });
+    expect(observer.changes.health().connected).toBe(true);
+    // What a restore noticed asks of the feed (the server's hub calls it on a renewed epoch). Until
+    // 7 December 2026 the clock's throw came halfway through: the old connection's notifications ignored
+    // from then on, no new one opened, and the feed still said connected, for the life of the store.
+    broken = true;
+    expect(() => observer.changes.forgetSeqs()).not.toThrow();
+    broken = false;
+    expect(reported.map((error) => error.code)).toEqual([ErrorCode.Internal]);
+    await eventually('the observer listens again', () => observer.changes.health().connected);
+    await writer.append('x', { type: 'progress' });
+    await eventually('the change after the replacement', () => recorder.has('x', 1));
   });
 
   it('onListenerError: an append whose listener throws still settles, and the other listeners hear it', async () => {

@@ -2,6 +2,7 @@ import { ErrorCode } from '@finishline/core';
 import { ManualClock } from '@finishline/core/testing';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { FairReads, STALE_SWEEP_INTERVAL_MS } from './hub/fair-reads.js';
+import { PrincipalLimits } from './principal-limits.js';
 import {
   gate,
   RawClient,
@@ -371,6 +372,24 @@ describe('HTTP API reads', () => {
   });
 });
 
+describe('PrincipalLimits', () => {
+  it('closes a socket while the clock throws, and gives its count back', () => {
+    const limits = new PrincipalLimits({
+      maxSockets: 1,
+      maxSubscriptions: 1,
+      ratePerSecond: 1,
+      clock: () => {
+        throw new Error('clock returned NaN');
+      },
+    });
+    expect(limits.openSocket('alice')).toBe(true);
+    // Until 7 December 2026 the sweep of refilled budgets that follows threw: an event stream's end,
+    // from a timer, stopped there (an uncaught exception), its response never ended.
+    expect(() => limits.closeSocket('alice')).not.toThrow();
+    expect(limits.openSocket('alice')).toBe(true);
+  });
+});
+
 describe('FairReads', () => {
   it('bounds reads per principal and overall, and serves principals in turn', async () => {
     const reads = new FairReads({ maxConcurrent: 3, maxPerPrincipal: 1 });
@@ -447,6 +466,26 @@ describe('FairReads', () => {
     expect(seenAtNextTurn.filter((name) => name.startsWith('m')).length).toBeLessThanOrEqual(2);
     expect(await Promise.all(all)).toHaveLength(10);
     expect(await victim).toBe('a0');
+    reads.close();
+  });
+
+  it('serves every read, turn after turn, while the clock throws', async () => {
+    let broken = false;
+    const reads = new FairReads({
+      maxConcurrent: 1,
+      maxPerPrincipal: 1,
+      clock: () => {
+        if (broken) throw new Error('clock returned NaN');
+        return 0;
+      },
+    });
+    broken = true;
+    // One read per turn of the loop (see above); each turn and each read asked while the slot is held
+    // sweeps the queues, which reads the clock. Until 7 December 2026 its throw left the turn's callback (an
+    // uncaught exception) with the reads behind the first never started, and failed the reads asked for
+    // while the slot was held.
+    const all = Array.from({ length: 3 }, (_, i) => reads.run('mallory', () => Promise.resolve(i)));
+    expect(await Promise.all(all)).toEqual([0, 1, 2]);
     reads.close();
   });
 

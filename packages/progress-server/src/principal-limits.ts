@@ -96,7 +96,16 @@ export class PrincipalLimits {
    * every `BUCKET_SWEEP_INTERVAL_MS`, so a storm of closes does not walk the map at every close.
    */
   #forgetRefilledBuckets(): void {
-    const now = this.#clock();
+    let now: number;
+    try {
+      now = this.#clock();
+    } catch {
+      // A clock that throws (the server's, refusing a NaN it returned once) skips this sweep: a later one
+      // sweeps. Thrown on, it failed whoever closed a socket or stream after its count was given back: an
+      // event stream's end, from a timer (an uncaught exception, which ends a Node process by default),
+      // stopped there, its response never ended.
+      return;
+    }
     if (now - this.#sweptAt < BUCKET_SWEEP_INTERVAL_MS) return;
     this.#sweptAt = now;
     for (const [principalId, bucket] of this.#buckets) {

@@ -648,11 +648,31 @@ export function streamTask(
     begin();
   }
 
+  /**
+   * The server's clock; `fallback` (counted and logged) when it throws, as one that returned NaN once does.
+   * Thrown on as the stream opened (its expiry's read), it left the stream open with its first read never
+   * started, nothing but heartbeats for as long as the reader stayed. Its expiry is taken as past instead:
+   * the stream ends at once, `expired`, and the client's reconnect, with a fresh credential, opens it again.
+   */
+  const now = (fallback: number): number => {
+    try {
+      return ctx.clock();
+    } catch (error) {
+      ctx.metrics.handlerErrors.inc();
+      ctx.logger.error({ err: describeError(error), taskId }, 'SSE stream could not read the clock');
+      return fallback;
+    }
+  };
   const heartbeat = setInterval(() => {
     // A comment: EventSource ignores it, but proxies and the client's liveness timer see traffic. A full
     // buffer is traffic enough, and a stalled reader's buffer must not grow by one comment per interval
     // (a refused heartbeat starts the wait for 'drain' and its stall timeout, as a refused frame does).
-    if (!ended && !draining) send(`: heartbeat ${ctx.clock()}\n\n`);
+    if (ended || draining) return;
+    // The time is for whoever reads the stream: a clock that throws (one that returned NaN once) threw out
+    // of this timer, an uncaught exception, which ends a Node process by default. Counted and logged as a
+    // socket's failed heartbeat is; the stream goes on, this heartbeat without its time.
+    const time = now(Number.NaN);
+    send(Number.isNaN(time) ? ': heartbeat\n\n' : `: heartbeat ${time}\n\n`);
   }, ctx.heartbeatIntervalMs);
   heartbeat.unref();
   // The stream ends when its credential expires, as a socket is closed then (4011): the client's next
@@ -661,7 +681,10 @@ export function streamTask(
   const expiry =
     expiresAt === undefined
       ? undefined
-      : setTimeout(() => end('expired'), Math.min(Math.max(0, expiresAt - ctx.clock()), MAX_TIMER_MS));
+      : setTimeout(
+          () => end('expired'),
+          Math.min(Math.max(0, expiresAt - now(Number.POSITIVE_INFINITY)), MAX_TIMER_MS),
+        );
   expiry?.unref();
   // Ended after its lifetime, less a random tenth (streams opened together, after a restart, end apart):
   // a reader that stopped reading is dropped when the buffers it no longer empties are full, which a quiet

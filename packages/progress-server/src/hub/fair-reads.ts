@@ -203,7 +203,16 @@ export class FairReads {
    * flight, at most every {@link STALE_SWEEP_INTERVAL_MS}.
    */
   #sweepStale(): void {
-    const now = this.#clock();
+    let now: number;
+    try {
+      now = this.#clock();
+    } catch {
+      // A clock that throws (the server's, refusing a NaN it returned once) skips this sweep: a later turn
+      // sweeps. Thrown on, it left a turn's callback (an uncaught exception, which ends a Node process by
+      // default), the turn's reads never started (queued until another read ended), or it failed the
+      // read asked for while every slot was held, queued all the same.
+      return;
+    }
     if (now - this.#sweptAt < STALE_SWEEP_INTERVAL_MS) return;
     this.#sweptAt = now;
     for (const [principalId, lane] of this.#lanes) {

@@ -336,8 +336,26 @@ export class AuthGate<P extends Principal> {
     this.#armExpiry(principal);
   }
 
+  /**
+   * Whether `principal`'s credential expired; true, counted and logged, when the clock throws (one that
+   * returned NaN once): the socket ends as at an expiry (4011), and the client reconnects with a fresh
+   * credential. Thrown on, from the expiry's timer it left the timer unarmed: the credential's expiry was
+   * never enforced on that socket again.
+   */
   #expired(principal: P): boolean {
-    return credentialExpired(principal, this.#host.options.clock());
+    if (principal.expiresAt === undefined) return false;
+    let now: number;
+    try {
+      now = this.#host.options.clock();
+    } catch (error) {
+      this.#host.metrics.handlerErrors.inc();
+      this.#host.logger.error(
+        { err: describeError(error), connection: this.#host.connectionId },
+        "reading the clock for a credential's expiry failed; taken as expired",
+      );
+      return true;
+    }
+    return credentialExpired(principal, now);
   }
 
   /** (Re)sets the timer that ends the socket when its credential expires. */
@@ -345,7 +363,14 @@ export class AuthGate<P extends Principal> {
     if (this.#expiryTimer !== undefined) clearTimeout(this.#expiryTimer);
     this.#expiryTimer = undefined;
     if (principal.expiresAt === undefined) return;
-    const delayMs = Math.min(Math.max(0, principal.expiresAt - this.#host.options.clock()), MAX_TIMER_MS);
+    let now: number;
+    try {
+      now = this.#host.options.clock();
+    } catch {
+      // Checked at once instead, by the timer below (see #expired).
+      now = Number.POSITIVE_INFINITY;
+    }
+    const delayMs = Math.min(Math.max(0, principal.expiresAt - now), MAX_TIMER_MS);
     this.#expiryTimer = setTimeout(
       () =>
         this.#host.guard(() => {

@@ -50,6 +50,67 @@ describe("a caller's WebSocketServer", () => {
     ]);
   });
 
+  it('closes a socket it cannot take in (the clock threw) with 1011, and keeps the process up', async () => {
+    let broken = false;
+    const { server, url } = await externalServer({
+      // Read as the connection is set up (its frame budget starts from now), after the hook answered;
+      // not by the address's budget of attempts, turned off.
+      clock: () => (broken ? Number.NaN : Date.now()),
+      authRateLimitPerAddressPerSecond: 0,
+      authenticate: () => {
+        broken = true;
+        return { id: 'alice' };
+      },
+    });
+    const ws = new WebSocket(url, [PROTOCOL_NAME]);
+    ws.on('error', () => {});
+    cleanups.push(() => ws.terminate());
+    // Until 7 December 2026 the throw left the hook's answer as an unhandled rejection (which ends a Node
+    // process by default), and the socket stayed open and paused, its deadline cleared, for ever.
+    const code = await new Promise<number | undefined>((resolve) => {
+      const bound = setTimeout(() => resolve(undefined), 3000);
+      ws.on('close', (closed) => {
+        clearTimeout(bound);
+        resolve(closed);
+      });
+    });
+    broken = false;
+    expect(code).toBe(1011);
+    expect((await server.metrics.handlerErrors.get()).values[0]?.value).toBe(1);
+  });
+
+  it("closes a socket of the server's own upgrades it cannot take in with 1011 too", async () => {
+    let broken = false;
+    const server = await ProgressServer.listen(
+      {
+        store: new MemoryProgressStore(),
+        clock: () => (broken ? Number.NaN : Date.now()),
+        authRateLimitPerAddressPerSecond: 0,
+        authenticate: () => {
+          broken = true;
+          return { id: 'alice' };
+        },
+      },
+      { port: 0, host: '127.0.0.1' },
+    );
+    cleanups.push(() => server.close({ timeoutMs: 200 }));
+    const { port } = server.httpServer.address() as AddressInfo;
+    const ws = new WebSocket(`ws://127.0.0.1:${port}/progress`, [PROTOCOL_NAME]);
+    ws.on('error', () => {});
+    cleanups.push(() => ws.terminate());
+    // Until 7 December 2026 an HTTP 500 was written onto the socket already upgraded, which was then cut
+    // (1006, what a network fault looks like), not closed with the server fault's 1011.
+    const code = await new Promise<number | undefined>((resolve) => {
+      const bound = setTimeout(() => resolve(undefined), 3000);
+      ws.on('close', (closed) => {
+        clearTimeout(bound);
+        resolve(closed);
+      });
+    });
+    broken = false;
+    expect(code).toBe(1011);
+  });
+
   it('closes sockets with 4008, running no hook, once their address spent its failed authentication attempts', async () => {
     let calls = 0;
     const { url } = await externalServer({

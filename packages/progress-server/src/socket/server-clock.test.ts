@@ -59,6 +59,94 @@ describe('the server clock in frames', () => {
     }
   });
 
+  it('keeps an SSE stream and the process up when the clock throws at a heartbeat, and counts it', async () => {
+    let broken = false;
+    const clock = (): number => (broken ? Number.NaN : Date.now());
+    const env = await session.start({ clock, heartbeatIntervalMs: 20 });
+    const task = await env.server.tasks.create({ owner: 'alice', kind: 'k' });
+    const response = await new Promise<IncomingMessage>((resolve, reject) => {
+      const req = httpRequest(
+        `${env.httpUrl}/progress/tasks/${task.id}/stream`,
+        { headers: { 'x-user': 'alice' } },
+        resolve,
+      );
+      req.on('error', reject);
+      req.end();
+    });
+    try {
+      response.setEncoding('utf8');
+      let text = '';
+      // Until 7 December 2026 the clock's throw left the heartbeat's timer: an uncaught exception (which
+      // ends a Node process by default), and no heartbeat without a time ever came.
+      await new Promise<void>((resolve, reject) => {
+        const timer = setTimeout(() => reject(new Error(`no heartbeat without a time; got ${text}`)), 5000);
+        response.on('data', (chunk: string) => {
+          text += chunk;
+          if (/^: heartbeat \d+$/m.test(text)) broken = true;
+          if (/^: heartbeat$/m.test(text)) {
+            clearTimeout(timer);
+            resolve();
+          }
+        });
+      });
+      const errors = await env.server.metrics.registry.getSingleMetricAsString(
+        'finishline_handler_errors_total',
+      );
+      expect(errors).toMatch(/finishline_handler_errors_total [1-9]/);
+    } finally {
+      broken = false;
+      response.destroy();
+    }
+  });
+
+  it("ends an SSE stream whose credential's expiry it cannot time (the clock threw), and counts it", async () => {
+    let broken = false;
+    const env = await session.start({
+      clock: () => (broken ? Number.NaN : Date.now()),
+      heartbeatIntervalMs: 60_000,
+      authenticate: (request) => {
+        const principal = headerAuth(request);
+        return principal === null ? null : { ...principal, expiresAt: Date.now() + 3_600_000 };
+      },
+      // The last hook before the stream sets its expiry timer, the next read of the clock.
+      authorize: () => {
+        broken = true;
+        return true;
+      },
+    });
+    const task = await env.server.tasks.create({ owner: 'alice', kind: 'k' });
+    const response = await new Promise<IncomingMessage>((resolve, reject) => {
+      const req = httpRequest(
+        `${env.httpUrl}/progress/tasks/${task.id}/stream`,
+        { headers: { 'x-user': 'alice' } },
+        resolve,
+      );
+      req.on('error', reject);
+      req.end();
+    });
+    try {
+      response.resume();
+      // Until 7 December 2026 the throw left the stream open, its first read never started, its timers
+      // set: nothing but heartbeats for as long as the reader stayed (the expiry never timed).
+      const ended = await new Promise<boolean>((resolve) => {
+        const bound = setTimeout(() => resolve(false), 3000);
+        response.on('end', () => {
+          clearTimeout(bound);
+          resolve(true);
+        });
+      });
+      broken = false;
+      expect(ended).toBe(true);
+      const errors = await env.server.metrics.registry.getSingleMetricAsString(
+        'finishline_handler_errors_total',
+      );
+      expect(errors).toMatch(/finishline_handler_errors_total [1-9]/);
+    } finally {
+      broken = false;
+      response.destroy();
+    }
+  });
+
   it('fails a read of a clock that returns no time with internal, naming the option', () => {
     const options = resolveServerOptions({
       store: { getTask: () => undefined } as never,

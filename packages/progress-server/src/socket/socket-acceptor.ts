@@ -421,14 +421,27 @@ export class SocketAcceptor<P extends Principal> {
       return;
     }
     let added = false;
-    const connection = new Connection<P>({ ws, request, principal, transport: raw }, this.#ctx, {
-      // Counting the one being constructed too: it may say hello before it is added below.
-      socketCount: () => this.#connections.size + (added ? 0 : 1),
-      onClose: (closed) => this.#connections.delete(closed),
-      onAuthenticated: () => {
-        this.pending.release(raw ?? request.socket);
-      },
-    });
+    let connection: Connection<P>;
+    try {
+      connection = new Connection<P>({ ws, request, principal, transport: raw }, this.#ctx, {
+        // Counting the one being constructed too: it may say hello before it is added below.
+        socketCount: () => this.#connections.size + (added ? 0 : 1),
+        onClose: (closed) => this.#connections.delete(closed),
+        onAuthenticated: () => {
+          this.pending.release(raw ?? request.socket);
+        },
+      });
+    } catch (error) {
+      // A server fault (the server's clock threw: one that returned NaN once, read as the socket's frame
+      // budget starts or its credential's expiry is checked): closed 1011 as a hook that throws is. Thrown
+      // on, from a caller's `wss` it left the hook's answer as an unhandled rejection (which ends a Node
+      // process by default) with the socket open and paused for good; from the server's own upgrade, an
+      // HTTP 500 written onto a socket already upgraded.
+      this.#ctx.metrics.handlerErrors.inc();
+      this.#ctx.logger.error({ err: describeError(error) }, 'accepting a socket failed; closing it');
+      this.#closeRefused(ws, CloseCode.InternalError, 'internal error');
+      return;
+    }
     this.#connections.add(connection);
     added = true;
   }

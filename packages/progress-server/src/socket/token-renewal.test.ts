@@ -31,7 +31,7 @@ const expiringTokens = (token: string): Principal | null => {
 let revoked = new Set<string>();
 
 /** A server on `expiringTokens` whose `authorize` (unless given) lets owners watch tasks not `revoked`. */
-async function start(hooks: Pick<ProgressServerOptions, 'authorize'> = {}): Promise<TestServer> {
+async function start(hooks: Pick<ProgressServerOptions, 'authorize' | 'clock'> = {}): Promise<TestServer> {
   revoked = new Set();
   return session.start({
     authenticate: () => null,
@@ -82,6 +82,18 @@ describe('token expiry and renewal', () => {
     expect(client.frames.filter((frame) => frame.type === 'error')).toEqual([
       expect.objectContaining({ code: 'token_expired' }),
     ]);
+  });
+
+  it('ends the socket with 4011 when the clock throws as its credential expires', async () => {
+    let broken = false;
+    await start({ clock: () => (broken ? Number.NaN : Date.now()) });
+    const client = await authed('alice:300');
+    broken = true;
+    // Until 7 December 2026 the expiry's check threw (an internal error) and its timer was not armed again:
+    // the credential's expiry was never enforced on that socket, however long it stayed open.
+    const closed = await Promise.race([client.closed, sleep(3000).then(() => undefined)]);
+    broken = false;
+    expect(closed?.code).toBe(4011);
   });
 
   it('an auth frame on the open socket renews the credential: answered by hello, the socket lives on', async () => {
