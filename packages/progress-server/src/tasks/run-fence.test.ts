@@ -4,6 +4,7 @@ import { ManualClock } from '@finishline/core/testing';
 import { describe, expect, it } from 'vitest';
 import { ProgressServer } from '../progress-server.js';
 import { useServerSession } from '../testing/session.js';
+import type { TaskHandle } from './task-handle.js';
 
 /**
  * A handle of a run that is gone: its task was reaped while its process was frozen, purged by retention,
@@ -174,6 +175,16 @@ describe('a terminal change of an older run heard late', () => {
   });
 });
 
+/** Run 2's handle on `live` untouched: running, owned, renewed, and it still ends its task. */
+async function expectAliveAndOwned(live: ProgressServer, current: TaskHandle, store: ProgressStore) {
+  expect(current.finished).toBe(false);
+  expect(current.signal.aborted).toBe(false);
+  expect([...live.leases.owned]).toEqual(['job-1']);
+  expect(live.tasks.running).toEqual([current]);
+  await current.complete();
+  expect((await store.getTask('job-1'))?.status).toBe('completed');
+}
+
 /**
  * `store` with one method's answer held back until `release()`: the call runs (commits or is refused) at
  * once, its answer reaches the server only then (a reply still on the wire, a connection slow to hand it over).
@@ -258,12 +269,7 @@ describe('the late answer of an older run', () => {
     held.release();
     await completing;
     expect(old.status).toBe('completed');
-    expect(current.finished).toBe(false);
-    expect(current.signal.aborted).toBe(false);
-    expect([...live.leases.owned]).toEqual(['job-1']);
-    expect(live.tasks.running).toEqual([current]);
-    await current.complete();
-    expect((await store.getTask('job-1'))?.status).toBe('completed');
+    await expectAliveAndOwned(live, current, store);
   });
 
   it("a handle's append refused `task_finished` after its run was purged and created again here leaves the new run alone", async () => {
@@ -284,12 +290,7 @@ describe('the late answer of an older run', () => {
     held.release();
     await expect(appending).rejects.toMatchObject({ code: ErrorCode.TaskFinished });
     expect(old.finished).toBe(true);
-    expect(current.finished).toBe(false);
-    expect(current.signal.aborted).toBe(false);
-    expect([...live.leases.owned]).toEqual(['job-1']);
-    expect(live.tasks.running).toEqual([current]);
-    await current.complete();
-    expect((await store.getTask('job-1'))?.status).toBe('completed');
+    await expectAliveAndOwned(live, current, store);
   });
 
   it('a handle of an older run still owned here ends when this server creates the id again', async () => {
