@@ -446,10 +446,14 @@ class HttpPoller implements HttpFallbackRuntime {
    */
   async #poll(): Promise<void> {
     if (!this.#polling) return;
-    const round = ++this.#round;
-    const { httpPollIntervalMs, random } = this.#host.options;
-    this.#timer.set(httpPollIntervalMs, () => void this.#poll());
+    const { httpPollIntervalMs, random, preferFallback } = this.#host.options;
     const tasks = [...this.#host.tasks()].filter((task) => !task.cursor.finished);
+    // No watch left to poll: the socket's `idle` stops polling then, and with preferFallback, which opens no
+    // socket, it stops here. Its timer fired every httpPollIntervalMs until close(), with nothing to poll,
+    // keeping a Node process alive. A new watch polls again (`watch()` starts the streams, which start this).
+    if (preferFallback && !tasks.length) return this.stop();
+    const round = ++this.#round;
+    this.#timer.set(httpPollIntervalMs, () => void this.#poll());
     const results = await Promise.allSettled(tasks.map((task) => this.catchUp(task)));
     if (!this.#polling || this.#host.signal.aborted || round !== this.#round) return;
     const failed = results.some((result) => result.status === 'rejected');

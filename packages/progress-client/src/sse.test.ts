@@ -1933,6 +1933,45 @@ describe('the SSE fallback transport when the page wakes', () => {
     await client.close();
   });
 
+  it('with preferFallback, polls nothing once no watch is left after the streams made way for polling (no timer left firing), and polls a new watch at once', async () => {
+    // The socket's `idle` stops polling when the last watch goes; with preferFallback the socket is never
+    // used, and the poll timer fired every httpPollIntervalMs with nothing to poll until close() (keeping a
+    // Node process alive).
+    const { client, scheduler, http, sse } = sseSetup({ preferFallback: true, httpPollIntervalMs: 1000 });
+    const task = new FakeTask('t1', 1);
+    http.tasks.set('t1', task);
+    const watch = client.watch('t1');
+    await flush();
+    await scheduler.advance(21_000); // two opens stalled: polling from now on
+    await flush();
+    expect(sse.streams).toHaveLength(2);
+    task.item('a');
+    task.end();
+    await scheduler.advance(1000);
+    await flush();
+    await watch.done;
+    await scheduler.advance(1000);
+    await flush();
+    expect(scheduler.pending).toBe(0);
+    // A new watch is polled at once, and again each httpPollIntervalMs.
+    http.tasks.set('t2', new FakeTask('t2', 5));
+    const polled = http.requests.length;
+    client.watch('t2');
+    await scheduler.advance(0);
+    await flush();
+    expect(http.requests.slice(polled).map((request) => request.url)).toEqual([
+      'http://example.test/progress/tasks/t2',
+      'http://example.test/progress/tasks/t2/events?afterSeq=0',
+    ]);
+    await scheduler.advance(1000);
+    await flush();
+    expect(http.requests.slice(polled + 2).map((request) => request.url)).toEqual([
+      'http://example.test/progress/tasks/t2/events?afterSeq=0',
+    ]);
+    expect(sse.streams).toHaveLength(2);
+    await client.close();
+  });
+
   it('while the socket is unreachable: tries the socket at once and reopens the stream', async () => {
     const page = fakePage();
     const ctx = sseSetup({

@@ -78,6 +78,8 @@ export interface FallbackOptions {
   readonly token: TokenSource | undefined;
   readonly httpCredentials: HttpCredentials;
   readonly httpPollIntervalMs: number;
+  /** No socket at all: the fallback transport from the start (see `ProgressClientOptions.preferFallback`). */
+  readonly preferFallback: boolean;
   readonly random: () => number;
   /** The longest wait of a Server-Sent Events stream for its first bytes (then a failed open). */
   readonly connectTimeoutMs: number;

@@ -335,6 +335,42 @@ describe("a stream's catch-up read that stops short of the seq its load found", 
   });
 });
 
+describe("a resume's answer read after its run was purged and the id created again", () => {
+  it('restarts the watcher and hands it nothing of the later run', async () => {
+    // A resume at run 1's seq (nothing to read after it: the catch-up reads the task to answer it) whose
+    // read of the task found run 2: the hub restarted the watcher (its owner replaced the stream), and the
+    // stream, stale, still handed it a reset snapshot of run 2 as its answer. The owners drop it (they
+    // check that the stream is current); the stream does not hand it over, as its catch-up's load does not.
+    const clock = new ManualClock();
+    const store = new MemoryProgressStore({ clock: clock.now });
+    const { hub } = hubOver(store, true);
+    await store.createTask({ id: 'job-1', owner: 'alice', kind: 'k' });
+    for (let i = 1; i <= 4; i++) {
+      clock.advance(1);
+      await store.append('job-1', { type: 'progress', message: `old ${i}` });
+    }
+    clock.advance(1);
+    await store.append('job-1', { type: 'completed' });
+    const watcher = recorder();
+    const stream = hub.stream('job-1', 'alice', {
+      ...watcher.sink,
+      restart: () => {
+        watcher.sink.restart();
+        stream.close();
+      },
+    });
+    const loaded = await stream.load();
+    await createdAgain(store, clock);
+    await runTwoItems(store, clock, 2);
+    stream.resume(5, loaded?.seq ?? 0, loaded?.createdAt);
+    await until(() => watcher.calls.length > 0 || watcher.events.length > 0);
+    await settle();
+    expect(loaded?.seq).toBe(5);
+    expect(watcher.events).toEqual([]);
+    expect(watcher.calls).toEqual(['restart']);
+  });
+});
+
 describe('a read of the hub that finds the task gone', () => {
   it('restarts the watcher once instead of reading again every retry delay for ever', async () => {
     // The hub held seq 3 of run 1 and heard its end (seq 4, ids only) after retention purged it, with no

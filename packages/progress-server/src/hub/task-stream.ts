@@ -444,6 +444,9 @@ export class TaskStream {
       return false;
     }
     this.#hub.observe(this.taskId, task.seq, task.createdAt);
+    // A later run of the id: the hub restarted the stream's owner, which replaced it. Its answer would be
+    // that run's state, handed over by a stream no longer current (its owners drop it; see `#catchUp`).
+    if (this.stale) return false;
     const view = toTaskView(task);
     if (view.seq >= this.#position) {
       this.#snapshot(view);

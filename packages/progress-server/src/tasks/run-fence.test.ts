@@ -65,9 +65,13 @@ describe('a handle of a purged run', () => {
     await expect(old.item({ key: 'old-2', ok: true })).rejects.toMatchObject({
       code: ErrorCode.TaskNotFound,
     });
-    // The refusal ended the handle: its terminal is refused without reaching the store.
+    // The refusal ended the handle: its terminal is refused without reaching the store, and for the same
+    // reason (its run is gone), not `task_finished`, "already ended (running)".
     expect(old.finished).toBe(true);
-    await expect(old.complete()).rejects.toMatchObject({ code: ErrorCode.TaskFinished });
+    await expect(old.complete()).rejects.toMatchObject({ code: ErrorCode.TaskNotFound });
+    await expect(old.item({ key: 'old-3', ok: true })).rejects.toMatchObject({
+      code: ErrorCode.TaskNotFound,
+    });
     expect(await store.getTask('job-1')).toEqual(row);
     expect((await store.readEvents('job-1', 0)).map((event) => event.type)).toEqual(['item']);
     expect(old.task.createdAt).toBeLessThan(row?.createdAt ?? 0);
@@ -88,6 +92,8 @@ describe('a handle of a purged run', () => {
     expect((await store.getTask('job-1'))?.leaseExpiresAt).toBe(row?.leaseExpiresAt);
     expect(frozen.leases.owned.size).toBe(0);
     expect(old.finished).toBe(true);
+    // Told by the renewal's refusal, as its own append would have been.
+    await expect(old.complete()).rejects.toMatchObject({ code: ErrorCode.TaskNotFound });
     // Not renewed by the frozen process, run 2's lease expires and is reaped as it should.
     clock.advance(1);
     const reaped = await replica(store, 'replica-c').leases.reap();
@@ -310,7 +316,12 @@ describe('the late answer of an older run', () => {
     expect(signal.aborted).toBe(true);
     expect(signal.reason).toMatchObject({ code: ErrorCode.TaskFinished });
     expect(old.finished).toBe(true);
+    // Its run is gone, as its next append to the store would have been told.
+    await expect(old.item({ key: 'old-1', ok: true })).rejects.toMatchObject({
+      code: ErrorCode.TaskNotFound,
+    });
     expect(current.finished).toBe(false);
+    expect(current.task.seq).toBe(0);
     expect(live.tasks.running).toEqual([current]);
     expect([...live.leases.owned]).toEqual(['job-1']);
   });
@@ -336,6 +347,7 @@ describe('a reap of a later run of the id', () => {
     expect((await here.leases.reap()).length).toBe(1);
     expect(old.finished).toBe(true);
     expect(old.signal.aborted).toBe(true);
+    await expect(old.complete()).rejects.toMatchObject({ code: ErrorCode.TaskNotFound });
     expect(here.leases.owned.size).toBe(0);
     expect(here.tasks.running).toEqual([]);
   });

@@ -196,7 +196,10 @@ export class TaskApi {
     // store created this one: its handle ends now, as its next append would have learnt (`task_not_found`),
     // and its follow is released. Overwritten, its signal never aborted and its follow was never undone.
     const older = this.#owned.get(task.id);
-    if (older !== undefined) this.#ended(task.id, undefined, older.run);
+    if (older !== undefined) {
+      older.control.gone();
+      this.#ended(task.id, undefined, older.run);
+    }
     this.#owned.set(task.id, { handle, control, stopFollow, run: task.createdAt });
     this.#leases.add(task.id, task.createdAt);
     if (this.#closing) {
@@ -281,7 +284,11 @@ export class TaskApi {
       );
       owned.control.leaseLost(lost);
       this.#ended(taskId, () => lost, owned.run);
-    } else this.#ended(taskId, undefined, owned.run);
+    } else {
+      // A renewal refused `task_not_found`: the run was purged, as an append of the handle would learn.
+      if (isProgressError(error, ErrorCode.TaskNotFound)) owned.control.gone();
+      this.#ended(taskId, undefined, owned.run);
+    }
     void this.#refresh(owned.control, taskId);
   }
 
@@ -385,7 +392,8 @@ export class TaskApi {
       return;
     }
     if (this.#owned.get(taskId) !== owned) return;
-    if (task !== undefined) {
+    if (task === undefined) owned.control.gone();
+    else {
       if (task.createdAt === owned.handle.task.createdAt && task.status === 'running') return;
       owned.control.update(task);
     }
@@ -455,7 +463,7 @@ export class TaskApi {
    */
   #runGone(taskId: string, { handle, run }: HandleFence): void {
     const control = this.#controls.get(handle);
-    control?.ended();
+    control?.gone();
     control?.abort(() => new ProgressError(ErrorCode.TaskFinished, `Task ${taskId} ended`, { taskId }));
     if (this.#owned.get(taskId)?.handle === handle) this.#ended(taskId);
     else this.#logger.debug({ taskId, run }, 'a handle of a purged run of this task id was refused');
@@ -521,7 +529,9 @@ export class TaskApi {
     if (control === undefined) return;
     try {
       const task = await this.#store.getTask(taskId);
-      if (task !== undefined) control.update(task);
+      // No row: the run was purged (a row of another run tells `update` so).
+      if (task === undefined) control.gone();
+      else control.update(task);
     } catch (error) {
       this.#logger.debug({ err: describeError(error), taskId }, 'refreshing a task failed');
     }

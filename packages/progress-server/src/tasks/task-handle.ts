@@ -100,6 +100,11 @@ export interface TaskHandleControl {
   /** The task is known to have ended, whoever ended it. */
   ended(): void;
   /**
+   * The handle's run is gone (purged; the id may be another run's now): the handle ends and its appends
+   * reject `task_not_found`, as the store refuses a write to that run, however the server learnt it.
+   */
+  gone(): void;
+  /**
    * Another worker took the task's lease over: the handle ends and its appends reject with `error`
    * (`lease_held`) while the task runs on, even when its signal had aborted first for another reason.
    */
@@ -167,6 +172,12 @@ export class TaskHandle {
   /** Only ever a row of the handle's run: its `createdAt` names the run it writes to (see `RunFence`). */
   #task: Task;
   #ended = false;
+  /**
+   * The handle's run was purged. Its appends reject `task_not_found` then, not `task_finished`: only the
+   * first append learnt it from the store, and the others were refused "already ended (running)" (the last
+   * row of a run reaped unheard says `running`), another code for the same fact.
+   */
+  #gone = false;
   #batch: Promise<BatchResult> | undefined;
 
   /**
@@ -183,6 +194,7 @@ export class TaskHandle {
     attach({
       update: (next) => {
         if (next.createdAt !== this.#task.createdAt) {
+          this.#gone = true;
           this.#ended = true;
           return;
         }
@@ -195,6 +207,10 @@ export class TaskHandle {
         this.#controller?.abort(reason());
       },
       ended: () => {
+        this.#ended = true;
+      },
+      gone: () => {
+        this.#gone = true;
         this.#ended = true;
       },
       leaseLost: (error) => {
@@ -380,6 +396,15 @@ export class TaskHandle {
   }
 
   #append(input: AppendInput): Promise<TaskEvent> {
+    if (this.#gone) {
+      return Promise.reject(
+        new ProgressError(
+          ErrorCode.TaskNotFound,
+          `No task ${this.id} created at ${this.#task.createdAt}: it was purged`,
+          { taskId: this.id },
+        ),
+      );
+    }
     if (this.finished) {
       // Its lease went to another worker: the task runs on there, it did not end.
       if (this.#leaseLost !== undefined && this.#task.status === 'running') {
