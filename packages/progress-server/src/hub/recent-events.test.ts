@@ -45,6 +45,20 @@ describe('RecentEvents', () => {
     }
   });
 
+  it("takes a read not known to be of the window's run only if it holds the window's first event", () => {
+    const recent = new RecentEvents({ perTask: 10, total: 100 });
+    recent.backfill('a', run('a', 4, 6), 6, false); // no window to check it against: not kept
+    expect(recent.size).toBe(0);
+    recent.extend('a', run('a', 4, 6));
+    // A later run's events below the window (read after the run was purged and its id written again).
+    const later = run('a', 1, 3).map((e) => ({ ...e, time: e.time + 100 }));
+    recent.backfill('a', later, 6, false); // ends right before the window: nothing to check
+    recent.backfill('a', [...later, { ...event('a', 4), time: 104 }], 6, false); // its event 4 is not the window's
+    expect(recent.between('a', 0, 6)).toBeUndefined();
+    recent.backfill('a', run('a', 1, 5), 6, false); // holds the window's event 4 itself
+    expect(seqs(recent.between('a', 0, 6))).toEqual([1, 2, 3, 4, 5, 6]);
+  });
+
   it('takes a store read that ends at the dispatched seq, or joins the front of the window', () => {
     const recent = new RecentEvents({ perTask: 10, total: 100 });
     recent.backfill('a', run('a', 3, 5), 6); // ends before the hub's position: not joined

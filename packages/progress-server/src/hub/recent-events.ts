@@ -115,17 +115,34 @@ export class RecentEvents {
   /**
    * A store read of `taskId` that ends at or after the window's first event, or at `dispatchedSeq` (the
    * hub's position) when there is no window: what it adds in front of the window is kept too.
+   *
+   * A store read names the id, not the run: `ofRun` says the read is known to be of the window's run (its
+   * task read after it, still that run). Otherwise it is kept only if it holds the window's first event
+   * itself (same seq, time and type: one read is of one run, and a later run's event at that seq is
+   * stamped after the purge), so a read served after the run was purged and its id written again never
+   * joins the window and goes out from memory as the earlier run's.
    */
-  backfill(taskId: string, events: readonly TaskEvent[], dispatchedSeq: number): void {
+  backfill(taskId: string, events: readonly TaskEvent[], dispatchedSeq: number, ofRun = true): void {
     const last = events[events.length - 1];
     if (last === undefined) return;
     const window = this.#windows.get(taskId)?.events;
     const first = window?.[0];
     if (window === undefined || first === undefined) {
-      if (last.seq === dispatchedSeq) this.#set(taskId, [...events]);
+      if (ofRun && last.seq === dispatchedSeq) this.#set(taskId, [...events]);
       return;
     }
-    if (last.seq < first.seq - 1 || (events[0] as TaskEvent).seq >= first.seq) return;
+    const head = events[0] as TaskEvent;
+    if (last.seq < first.seq - 1 || head.seq >= first.seq) return;
+    if (!ofRun) {
+      const same = events[first.seq - head.seq];
+      if (
+        same === undefined ||
+        same.seq !== first.seq ||
+        same.time !== first.time ||
+        same.type !== first.type
+      )
+        return;
+    }
     const before = events.filter((event) => event.seq < first.seq);
     // Only worth it while the window has room: #set keeps the newest events.
     if (window.length < this.#perTask) this.#set(taskId, before.concat(window));

@@ -198,10 +198,10 @@ export class TaskHub {
       heard: (taskId) => this.#followed.get(taskId)?.heard ?? 0,
       recent: (taskId, fromSeq, toSeq) => this.#recent.between(taskId, fromSeq, toSeq),
       readMark: () => this.#resets,
-      readBack: (taskId, events, mark) => {
+      readBack: (taskId, events, mark, ofRun) => {
         if (mark !== this.#resets) return;
         const readSeq = this.#followed.get(taskId)?.readSeq;
-        if (readSeq !== undefined) this.#recent.backfill(taskId, events, readSeq);
+        if (readSeq !== undefined) this.#recent.backfill(taskId, events, readSeq, ofRun);
       },
       wentBack: options.onWentBack ?? noop,
       loadMark: options.loadMark ?? (() => 0),

@@ -103,12 +103,13 @@ export interface StreamHub {
   /** Taken before a stream's store read, and handed back with its events to {@link readBack}. */
   readMark(): number;
   /**
-   * Events a stream read from the store and found to be of its run (a read names the id, not the run:
-   * see `#ofRun`), for the hub to keep if they join what it holds, unless the hub
+   * Events a stream read from the store, for the hub to keep if they join what it holds, unless the hub
    * dropped what it held since `mark` was taken: the read may be of the id's older run (or the store's
-   * older epoch), and kept, it was served to the new one's streams.
+   * older epoch), and kept, it was served to the new one's streams. `ofRun`: found to be of the stream's
+   * run (a read names the id, not the run: see `#ofRun`); before that, kept only where they prove their
+   * run against what the hub holds (see `RecentEvents.backfill`).
    */
-  readBack(taskId: string, events: readonly TaskEvent[], mark: number): void;
+  readBack(taskId: string, events: readonly TaskEvent[], mark: number, ofRun: boolean): void;
   /**
    * A read found a task below the seq the hub knew of it: the store went back (restored, or the id
    * purged and reused), and its epoch is worth reading now rather than at the next heartbeat tick.
@@ -318,6 +319,9 @@ export class TaskStream {
             return this.#hub.store.readEvents(this.taskId, this.#position, this.#hub.maxReplayEvents);
           }, []);
           if (this.stale) return;
+          // At once, before its run is checked (below), so the resubscribes of a cut that wait for their turn
+          // find it in memory: kept only if it holds the hub's first event in memory (see `backfill`).
+          if (fromStore) this.#hub.readBack(this.taskId, events, mark, false);
           // A log has no gap (1..n), so a read that starts past the position means the store no longer
           // holds what follows it (a store that trims its logs): the task's snapshot stands for it. Pushed
           // as they are, those events would be skipped, and the catch-up read the same page again at the
@@ -334,11 +338,11 @@ export class TaskStream {
           ) {
             if (fromStore) {
               if (!(await this.#ofRun())) return;
-              // Kept by the hub only once known to be of the stream's run: a read served after the run was
-              // purged and its id written again returns the later run's events, and backfilled before this
-              // check, they joined the hub's window of the old run and went out from memory, unchecked, to
-              // the next stream's catch-up as the old run's own (a terminal of the later run included).
-              this.#hub.readBack(this.taskId, events, mark);
+              // Known now to be of the stream's run: kept also where they could not prove it above. Kept
+              // unchecked (until 7 December 2026), a read served after the run was purged and its id written
+              // again joined the hub's window of the old run with the later run's events, which went out
+              // from memory to the next stream's catch-up as the old run's own (a terminal included).
+              this.#hub.readBack(this.taskId, events, mark, true);
             }
             const before = this.#position;
             this.#push(events);
