@@ -299,39 +299,47 @@ describe("a read of the hub's that stops short of the end of the run it follows"
   });
 });
 
+/**
+ * A watcher of run 1 of `job-1` (ended at seq 5) resumed from `cursor` once run 1 was purged and the id
+ * written again up to seq `laterSeq`, all unheard: restarted, and handed nothing of run 2. As its owners
+ * do, a restarted stream is replaced, and nothing of it reaches them any more.
+ */
+async function expectRestartedOnly(laterSeq: number, cursor: number): Promise<void> {
+  const clock = new ManualClock();
+  const store = new MemoryProgressStore({ clock: clock.now });
+  const { hub } = hubOver(store, true);
+  await store.createTask({ id: 'job-1', owner: 'alice', kind: 'k' });
+  for (let i = 1; i <= 4; i++) {
+    clock.advance(1);
+    await store.append('job-1', { type: 'progress', message: `old ${i}` });
+  }
+  clock.advance(1);
+  await store.append('job-1', { type: 'completed' });
+  const watcher = recorder();
+  const stream = hub.stream('job-1', 'alice', {
+    ...watcher.sink,
+    restart: () => {
+      watcher.sink.restart();
+      stream.close();
+    },
+  });
+  const loaded = await stream.load();
+  await createdAgain(store, clock);
+  await runTwoItems(store, clock, laterSeq);
+  stream.resume(cursor, loaded?.seq ?? 0, loaded?.createdAt);
+  await until(() => watcher.calls.length > 0 || watcher.events.length > 0);
+  await settle();
+  expect(loaded?.seq).toBe(5);
+  expect(watcher.events).toEqual([]);
+  expect(watcher.calls).toEqual(['restart']);
+}
+
 describe("a stream's catch-up read that stops short of the seq its load found", () => {
   it("restarts the watcher instead of handing it the later run's events as its own", async () => {
     // A resume from seq 3 loaded run 1 at its end (seq 5); its catch-up read ran after retention purged
     // run 1 and the id was written again up to seq 4, all unheard: the read found run 2's seq 4, which
     // follows on from the cursor, and it went out to the watcher as run 1's.
-    const clock = new ManualClock();
-    const store = new MemoryProgressStore({ clock: clock.now });
-    const { hub } = hubOver(store, true);
-    await store.createTask({ id: 'job-1', owner: 'alice', kind: 'k' });
-    for (let i = 1; i <= 4; i++) {
-      clock.advance(1);
-      await store.append('job-1', { type: 'progress', message: `old ${i}` });
-    }
-    clock.advance(1);
-    await store.append('job-1', { type: 'completed' });
-    const watcher = recorder();
-    // As its owners do: a restarted stream is replaced, and nothing of it reaches them any more.
-    const stream = hub.stream('job-1', 'alice', {
-      ...watcher.sink,
-      restart: () => {
-        watcher.sink.restart();
-        stream.close();
-      },
-    });
-    const loaded = await stream.load();
-    await createdAgain(store, clock);
-    await runTwoItems(store, clock, 4);
-    stream.resume(3, loaded?.seq ?? 0, loaded?.createdAt);
-    await until(() => watcher.calls.length > 0 || watcher.events.length > 0);
-    await settle();
-    expect(loaded?.seq).toBe(5);
-    expect(watcher.events).toEqual([]);
-    expect(watcher.calls).toEqual(['restart']);
+    await expectRestartedOnly(4, 3);
   });
 });
 
@@ -341,33 +349,7 @@ describe("a resume's answer read after its run was purged and the id created aga
     // read of the task found run 2: the hub restarted the watcher (its owner replaced the stream), and the
     // stream, stale, still handed it a reset snapshot of run 2 as its answer. The owners drop it (they
     // check that the stream is current); the stream does not hand it over, as its catch-up's load does not.
-    const clock = new ManualClock();
-    const store = new MemoryProgressStore({ clock: clock.now });
-    const { hub } = hubOver(store, true);
-    await store.createTask({ id: 'job-1', owner: 'alice', kind: 'k' });
-    for (let i = 1; i <= 4; i++) {
-      clock.advance(1);
-      await store.append('job-1', { type: 'progress', message: `old ${i}` });
-    }
-    clock.advance(1);
-    await store.append('job-1', { type: 'completed' });
-    const watcher = recorder();
-    const stream = hub.stream('job-1', 'alice', {
-      ...watcher.sink,
-      restart: () => {
-        watcher.sink.restart();
-        stream.close();
-      },
-    });
-    const loaded = await stream.load();
-    await createdAgain(store, clock);
-    await runTwoItems(store, clock, 2);
-    stream.resume(5, loaded?.seq ?? 0, loaded?.createdAt);
-    await until(() => watcher.calls.length > 0 || watcher.events.length > 0);
-    await settle();
-    expect(loaded?.seq).toBe(5);
-    expect(watcher.events).toEqual([]);
-    expect(watcher.calls).toEqual(['restart']);
+    await expectRestartedOnly(2, 5);
   });
 });
 
