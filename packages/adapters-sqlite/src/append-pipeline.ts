@@ -283,6 +283,15 @@ export class AppendPipeline {
   }
 }
 
+/** Whether the `EVENT_INSERT_ROWS` results from `start` exist and are all of one task. */
+function sameTaskRun(results: readonly AppendResult[], start: number): boolean {
+  const end = start + EVENT_INSERT_ROWS;
+  if (end > results.length) return false;
+  const taskId = results[start]!.event.taskId;
+  for (let row = start + 1; row < end; row++) if (results[row]!.event.taskId !== taskId) return false;
+  return true;
+}
+
 /**
  * Inserts the events of `results` in order and writes each touched task's final row once, inside the
  * caller's transaction (appends, and the lease reaper's interruptions).
@@ -296,19 +305,25 @@ export function writeAppends(
   const finalTasks = new Map<string, Task>();
   const { insertEvents, insertEvent } = q;
   const values: unknown[] = [];
-  let index = 0;
   const markBefore = log.lastEventId;
   let lastId = markBefore;
-  for (; index + EVENT_INSERT_ROWS <= results.length; index += EVENT_INSERT_ROWS) {
+  let index = 0;
+  while (index < results.length) {
     values.length = 0;
-    for (let row = index; row < index + EVENT_INSERT_ROWS; row++)
-      pushEventValues(values, results[row]!.event);
-    lastId = Number(insertEvents.run(values).lastInsertRowid);
-  }
-  for (; index < results.length; index++) {
-    values.length = 0;
-    pushEventValues(values, results[index]!.event);
-    lastId = Number(insertEvent.run(values).lastInsertRowid);
+    // A run of one task's events goes in multi-row statements: its rows land side by side in the
+    // (task_id, seq) index, and 32 rows per statement cost about a third of 32 statements. Rows of
+    // different tasks go one by one: there a 32-row statement cost about 1 µs more per row than single
+    // rows (better-sqlite3 12, 7 December 2026; see docs/benchmarks-history.md, session 45).
+    if (sameTaskRun(results, index)) {
+      for (let row = index; row < index + EVENT_INSERT_ROWS; row++)
+        pushEventValues(values, results[row]!.event);
+      lastId = Number(insertEvents.run(values).lastInsertRowid);
+      index += EVENT_INSERT_ROWS;
+    } else {
+      pushEventValues(values, results[index]!.event);
+      lastId = Number(insertEvent.run(values).lastInsertRowid);
+      index++;
+    }
   }
   for (const { event, task } of results) {
     finalTasks.set(task.id, task);

@@ -37,6 +37,38 @@ describe('group commit', () => {
     await store.close();
   });
 
+  it('writes one task’s runs of 32 events in multi-row statements and the rest row by row, all in order', async () => {
+    const db = spyDatabase(new Database(':memory:'));
+    const store = new SqliteProgressStore({ database: db });
+    for (const id of ['a', 'b']) await store.createTask({ id, owner: 'alice', kind: 'k' });
+    const order = [
+      ...Array<string>(40).fill('a'),
+      ...Array.from({ length: 24 }, (_, i) => (i % 2 === 0 ? 'a' : 'b')),
+      ...Array<string>(33).fill('b'),
+      'a',
+    ];
+    const changes: TaskChange[] = [];
+    store.changes.subscribe((change) => changes.push(change));
+    const inserts = db.runs('insert into "finishline_events"');
+    const before = db.runs(BEGIN);
+    const results = await Promise.all(
+      order.map((id, i) => store.append(id, { type: 'item', key: `n-${i}`, ok: true })),
+    );
+    expect(db.runs(BEGIN) - before).toBe(1);
+    // a's first 32 in one statement, then 8 + 24 rows alone, b's 32 in one, then b's last and a's last
+    // (32-row statements regardless of the tasks would be 3 + 2).
+    expect(db.runs('insert into "finishline_events"') - inserts).toBe(1 + 8 + 24 + 1 + 1 + 1);
+    expect(changes.map((change) => [change.taskId, change.seq])).toEqual(
+      results.map((result) => [result.event.taskId, result.event.seq]),
+    );
+    for (const id of ['a', 'b']) {
+      const mine = results.filter((result) => result.event.taskId === id).map((result) => result.event);
+      expect(await store.readEvents(id, 0)).toEqual(mine);
+      expect((await store.getTask(id))?.seq).toBe(mine.length);
+    }
+    await store.close();
+  });
+
   it('splits a burst larger than maxBatchSize into consecutive transactions', async () => {
     const db = spyDatabase(new Database(':memory:'));
     const store = new SqliteProgressStore({ database: db, maxBatchSize: 40 });
