@@ -116,6 +116,62 @@ describe("an owned task's signal", () => {
   });
 });
 
+/** A server on a memory store whose appends of `type` wait for `until` before they commit (a slow round trip). */
+function slowAppends(type: AppendInput['type'], until: Promise<void>) {
+  const store = new MemoryProgressStore();
+  const commit = store.append.bind(store);
+  store.append = async (taskId, input, fence) => {
+    if (input.type === type) await until;
+    return commit(taskId, input, fence);
+  };
+  const server = new ProgressServer({ store, authenticate: () => null });
+  servers.push(server);
+  return { store, server };
+}
+
+describe('close() and a task driven by hand', () => {
+  it("waits for its complete() in flight: the task ends completed, not interrupted by the shutdown's own append", async () => {
+    const sent = gate();
+    const { store, server } = slowAppends('completed', sent.promise);
+    const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    const completing = task.complete({ result: 1 });
+    const closing = server.close({ timeoutMs: 2000 });
+    setTimeout(() => sent.open(), 50);
+    // The interrupt, sent beside it, committed first: complete() was refused task_finished after close().
+    await expect(completing).resolves.toMatchObject({ type: 'completed' });
+    await closing;
+    expect(await store.getTask(task.id)).toMatchObject({ status: 'completed', result: 1 });
+    expect(task.status).toBe('completed');
+  });
+
+  it('returns only once its item in flight settled, then interrupts it', async () => {
+    const sent = gate();
+    const { store, server } = slowAppends('item', sent.promise);
+    const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    const item = task.item({ key: 'node-1', ok: true });
+    let closed = false;
+    const closing = server.close({ timeoutMs: 2000 }).then(() => {
+      closed = true;
+    });
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    expect(closed).toBe(false);
+    sent.open();
+    await expect(item).resolves.toMatchObject({ type: 'item', seq: 1 });
+    await closing;
+    expect(await store.getTask(task.id)).toMatchObject({ status: 'interrupted', done: 1, seq: 2 });
+  });
+
+  it('gives up on an append that never settles at three quarters of the timeout, and still interrupts the task', async () => {
+    const { store, server } = slowAppends('item', new Promise(() => {}));
+    const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    void task.item({ key: 'node-1', ok: true });
+    const started = Date.now();
+    await server.close({ timeoutMs: 400 });
+    expect(Date.now() - started).toBeLessThan(1000);
+    expect(await store.getTask(task.id)).toMatchObject({ status: 'interrupted' });
+  });
+});
+
 describe('a handle after close()', () => {
   it('its interrupt at shutdown answered past the deadline: the handle ends with it, and says so', async () => {
     const { server, holdAppends } = setup();

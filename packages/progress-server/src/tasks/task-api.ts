@@ -100,6 +100,8 @@ export class TaskApi {
   readonly #appending = new Map<string, number>();
   /** Owned tasks whose terminal change the feed reported while one of those appends was in flight. */
   readonly #terminalWhileAppending = new Set<string>();
+  /** The handles' appends in flight (a batch's and a hand-driven task's alike): shutdown lets them settle. */
+  readonly #handleAppends = new Set<Promise<unknown>>();
   #stopFeed: Unsubscribe | undefined;
   #closing = false;
 
@@ -121,7 +123,13 @@ export class TaskApi {
     this.#logger = options.logger;
     this.#metrics = options.metrics;
     this.#host = {
-      append: (handle, run, input) => this.#append(handle.id, input, { handle, run }),
+      append: (handle, run, input) => {
+        const append = this.#append(handle.id, input, { handle, run });
+        this.#handleAppends.add(append);
+        const settled = () => this.#handleAppends.delete(append);
+        append.then(settled, settled);
+        return append;
+      },
       abandon: (taskId, run) => this.#leases.remove(taskId, run),
       trackBatch: (batch) => {
         this.#batches.add(batch);
@@ -299,8 +307,8 @@ export class TaskApi {
   }
 
   /**
-   * @internal Graceful shutdown: signals every owned task, waits for batches until `batchDeadline`, then
-   * interrupts the owned tasks still running, giving up at `deadline` (epoch ms of the real clock).
+   * @internal Graceful shutdown: signals every owned task, waits for batches and for the handles' appends
+   * in flight until `batchDeadline`, then interrupts the owned tasks still running, giving up at `deadline` (epoch ms of the real clock).
    *
    * A task that cannot be interrupted (store down) keeps its lease on purpose: releasing it would exempt
    * the task from reaping, while an expiring lease lets another replica interrupt it.
@@ -309,6 +317,11 @@ export class TaskApi {
     this.#closing = true;
     for (const owned of this.#owned.values()) owned.control.abort(shutdownReason);
     await waitAtMost(Promise.allSettled([...this.#batches]), batchDeadline - Date.now());
+    // A task driven by hand has no batch to wait for, but its appends in flight (the item it was reporting,
+    // its own `complete()`, or the end it wrote on seeing its signal abort) settle first. Sent beside them,
+    // the interrupt could commit first: close() returned, then they were refused `task_finished` and a
+    // task whose worker had completed it ended `interrupted`.
+    await this.#handleAppendsSettled(batchDeadline);
     const unanswered = new Set<string>();
     const interrupts = [...this.#owned.values()].map(({ handle }) => {
       unanswered.add(handle.id);
@@ -325,6 +338,16 @@ export class TaskApi {
     }
     this.stop();
     for (const taskId of [...this.#owned.keys()]) this.#forget(taskId);
+  }
+
+  /**
+   * Resolves once no append of a handle is in flight (appends sent meanwhile included), or at `deadline`
+   * (epoch ms). Leaves no timer behind, nor a loop that outlives the deadline.
+   */
+  async #handleAppendsSettled(deadline: number): Promise<void> {
+    while (this.#handleAppends.size > 0 && Date.now() < deadline) {
+      await waitAtMost(Promise.allSettled([...this.#handleAppends]), deadline - Date.now());
+    }
   }
 
   /** Ends an owned task as `interrupted` at shutdown; a task that cannot be keeps its lease for a reaper. */

@@ -133,6 +133,10 @@ export interface TaskHandleControl {
  * `signal: AbortSignal.timeout(ms)`, which ends it `cancelled`), and find handles left running in
  * `server.tasks.running`. `runBatch` always ends its task.
  *
+ * At `close()` the signal aborts (`closed`) and the handle's appends in flight settle (as do those it sends
+ * meanwhile, up to three quarters of the timeout) before the server interrupts the task: a `complete()` sent
+ * in time ends it `completed`. A worker that stops at its signal should not then complete the task (below).
+ *
  * @example
  * ```ts
  * const task = await server.tasks.create({ owner: user.id, kind: 'batch_taint', total: nodes.length });
@@ -142,7 +146,8 @@ export interface TaskHandleControl {
  *     try { await taint(node); await task.item({ key: node, ok: true }); }
  *     catch (error) { await task.item({ key: node, ok: false, error: String(error) }); }
  *   }
- *   await task.complete();
+ *   // Aborted: ended elsewhere (cancelled…), or the server is shutting down and interrupts it.
+ *   if (!task.signal.aborted) await task.complete();
  * } catch (error) {
  *   if (!task.finished) await task.fail(error as Error);
  * }
