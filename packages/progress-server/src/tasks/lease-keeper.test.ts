@@ -162,7 +162,14 @@ describe('leases', () => {
     clock.advance(1000);
     await store.renewLease(task.id, 'replica-thief', 5000);
     proceed.open();
-    await expect(batch).resolves.toMatchObject({ endedElsewhere: true, succeeded: 1, skipped: 1 });
+    // The task runs on under the new holder: not `interrupted`, which it reported (a caller retrying an
+    // interrupted batch ran its work a second time beside the new holder's).
+    await expect(batch).resolves.toMatchObject({
+      status: 'running',
+      endedElsewhere: true,
+      succeeded: 1,
+      skipped: 1,
+    });
     expect(task.signal.reason).toMatchObject({ code: ErrorCode.LeaseHeld });
     await expect(task.complete()).rejects.toMatchObject({ code: ErrorCode.LeaseHeld });
     expect(server.leases.owned.size).toBe(0);
@@ -170,6 +177,40 @@ describe('leases', () => {
     const log = await store.readEvents(task.id, 0);
     expect(log.map((event) => event.type)).toEqual(['progress', 'item']);
     await store.append(task.id, { type: 'completed' }, { owner: 'replica-thief' });
+  });
+
+  it("a batch whose lease another worker took over as it wrote its end reports the task running, or the new holder's end", async () => {
+    const clock = new ManualClock();
+    const store = new MemoryProgressStore({ clock: clock.now });
+    const commit = store.append.bind(store);
+    const frozen = gate();
+    const ending = gate();
+    let endings = 0;
+    // replica-a freezes as it sends its batches' `completed` (every item written).
+    store.append = async (taskId, input, fence) => {
+      if (input.type === 'completed' && fence?.owner === 'replica-a') {
+        if (++endings === 2) ending.open();
+        await frozen.promise;
+      }
+      return commit(taskId, input, fence);
+    };
+    const server = replica(store, 'replica-a');
+    const first = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    const second = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    const batches = [first.runBatch(['a'], () => 'done'), second.runBatch(['a'], () => 'done')];
+    await ending.promise;
+    // Past its leases, another worker took both tasks over, and already ended the second.
+    clock.advance(1000);
+    await store.renewLease(first.id, 'replica-thief', 5000);
+    await store.renewLease(second.id, 'replica-thief', 5000);
+    await commit(second.id, { type: 'completed' }, { owner: 'replica-thief' });
+    frozen.open();
+    const [taken, ended] = await Promise.all(batches);
+    // Its `completed` refused `lease_held`: the task was not interrupted, it runs on under the new holder.
+    expect(taken).toMatchObject({ status: 'running', endedElsewhere: true, succeeded: 1 });
+    expect(first.status).toBe('running');
+    expect(await store.getTask(first.id)).toMatchObject({ status: 'running', leaseOwner: 'replica-thief' });
+    expect(ended).toMatchObject({ status: 'completed', endedElsewhere: true, succeeded: 1 });
   });
 
   it('a task its own server reaped (it stopped renewing): the handle tells how it ended when its signal aborts, without a read', async () => {

@@ -83,8 +83,13 @@ export const RUN_BATCH_DEFAULTS = Object.freeze({ concurrency: 1 });
 /** How a batch ended. */
 export interface BatchResult {
   taskId: string;
-  /** The task's terminal status. */
-  status: TerminalType;
+  /**
+   * The task's terminal status, or `running` when another worker took its expired lease over
+   * (`endedElsewhere`): the task runs on there (the new holder's end, once read, is reported instead).
+   * Until 7 December 2026 a taken-over task was reported `interrupted`, and a caller retrying an
+   * interrupted batch ran its work again beside the new holder.
+   */
+  status: TerminalType | 'running';
   /** Items finished successfully by this batch. */
   succeeded: number;
   /** Items finished with an error by this batch. */
@@ -108,6 +113,8 @@ export interface BatchHooks {
   refresh(): Promise<void>;
   /** The task's seq as the handle last saw it (no copy of the row). */
   seq(): number;
+  /** Whether another worker took the task's lease over (an append or a renewal refused `lease_held`). */
+  leaseLost(): boolean;
   /**
    * Whether the task's log holds, after `afterSeq`, an `item` event of `key` with this `ok`: an append
    * refused `store_unavailable` may still have committed (a Postgres COMMIT whose answer was lost). False
@@ -385,7 +392,7 @@ export async function runBatch<T>(batch: {
   }
 
   const finished = succeeded + failed;
-  const result = (status: TerminalType, endedElsewhere: boolean): BatchResult => ({
+  const result = (status: BatchResult['status'], endedElsewhere: boolean): BatchResult => ({
     taskId: handle.id,
     status,
     succeeded,
@@ -394,10 +401,16 @@ export async function runBatch<T>(batch: {
     endedElsewhere,
   });
 
-  if (stop === 'ended' || handle.finished) {
+  /**
+   * How the task ended elsewhere, read again if the handle still says `running`: still so after a
+   * takeover, it runs on under the new holder, which is no interruption.
+   */
+  const endedElsewhere = async (): Promise<BatchResult['status']> => {
     if (handle.status === 'running') await hooks.refresh();
-    return result(terminalStatus(handle.status), true);
-  }
+    return handle.status === 'running' && hooks.leaseLost() ? 'running' : terminalStatus(handle.status);
+  };
+
+  if (stop === 'ended' || handle.finished) return result(await endedElsewhere(), true);
   /** The terminal event this batch writes. */
   let ending: TerminalType = 'failed';
   const end = (): Promise<unknown> => {
@@ -443,8 +456,8 @@ export async function runBatch<T>(batch: {
       // Before the check below: the change feed may have ended the handle with this very attempt's event.
       if (isProgressError(error, ErrorCode.StoreUnavailable)) unanswered = true;
       if (isProgressError(error, ErrorCode.TaskFinished) || handle.finished) {
-        if (handle.status === 'running') await hooks.refresh();
-        return result(terminalStatus(handle.status), !(unanswered && handle.status === ending));
+        const status = await endedElsewhere();
+        return result(status, !(unanswered && status === ending));
       }
       retryUntil ??= Date.now() + hooks.terminalRetryMs;
       // Four attempts (0.7 s) only made a database restart of a second or two at the end of a batch whose

@@ -369,6 +369,7 @@ export class TaskHandle {
         abandon: () => this.#host.abandon(this.id, this.#task.createdAt),
         refresh: () => this.#host.refresh(this),
         seq: () => this.#task.seq,
+        leaseLost: () => this.#leaseLost !== undefined,
         itemLanded: (afterSeq, key, ok) =>
           this.#host.itemLanded(this, this.#task.createdAt, afterSeq, key, ok),
         terminalRetryMs: this.#host.leaseTtlMs,
