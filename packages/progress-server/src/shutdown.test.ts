@@ -1,3 +1,4 @@
+import { getEventListeners } from 'node:events';
 import { createServer } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
 import { connect } from 'node:net';
@@ -320,6 +321,45 @@ describe('close()', () => {
     // Until 7 December 2026 both failures were logged after "progress server closed".
     expect(lines.slice(atClose)).toEqual([]);
     await expect.poll(() => pendingTimers.size).toBe(0);
+  });
+
+  it("leaves no timer or listener of the task side behind: a batch in an outage's retry, a hand-driven task's append in flight, a caller's signal", async () => {
+    const store = new MemoryProgressStore();
+    const commit = store.append.bind(store);
+    const sent = gate();
+    const outage = new Set<string>();
+    store.append = async (taskId, input, fence) => {
+      // The batch's items meet an outage: it waits between attempts (a timer and a listener on its signal).
+      if (outage.has(taskId) && input.type === 'item') {
+        throw new ProgressError(ErrorCode.StoreUnavailable, 'store down');
+      }
+      // The hand-driven task's item is slow to commit: shutdown waits for it.
+      if (!outage.has(taskId) && input.type === 'item') await sent.promise;
+      return commit(taskId, input, fence);
+    };
+    const progress = new ProgressServer({
+      store,
+      authenticateToken: tokenAuth,
+      leaseRenewIntervalMs: 50,
+      reapIntervalMs: 50,
+    });
+    const batched = await progress.tasks.create({ owner: 'alice', kind: 'k' });
+    outage.add(batched.id);
+    const byHand = await progress.tasks.create({ owner: 'alice', kind: 'k' });
+    const caller = new AbortController();
+    const batch = batched.runBatch([1, 2, 3], () => 'ok', { signal: caller.signal });
+    const item = byHand.item({ key: 'node-1', ok: true });
+    await new Promise((resolve) => setTimeout(resolve, 120));
+    expect(getEventListeners(caller.signal, 'abort')).toHaveLength(1);
+    setTimeout(() => sent.open(), 50);
+    await progress.close({ timeoutMs: 2000 });
+    await expect(item).resolves.toMatchObject({ type: 'item' });
+    await expect(batch).resolves.toMatchObject({ status: 'interrupted' });
+    expect(await store.getTask(byHand.id)).toMatchObject({ status: 'interrupted', done: 1 });
+    expect(getEventListeners(caller.signal, 'abort')).toHaveLength(0);
+    expect(getEventListeners(batched.signal, 'abort')).toHaveLength(0);
+    expect(getEventListeners(byHand.signal, 'abort')).toHaveLength(0);
+    expect(pendingTimers.size).toBe(0);
   });
 
   it('listen() with an invalid httpBasePath rejects and leaves no server, timer or socket behind', async () => {
