@@ -1,7 +1,13 @@
+import { spawn } from 'node:child_process';
+import { mkdtempSync } from 'node:fs';
 import { createServer, type IncomingMessage } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import type { ClientFrame, ServerFrame } from '@finishline/core';
 import { PROTOCOL_NAME, PROTOCOL_NAME_V1, PROTOCOL_VERSION } from '@finishline/core';
+import { build } from 'esbuild';
 import { describe, expect, it } from 'vitest';
 import { WebSocket, WebSocketServer } from 'ws';
 import { ProgressClient } from './progress-client.js';
@@ -104,6 +110,80 @@ describe('in Node with the real ws', () => {
     await expect(watch.done).rejects.toMatchObject({ code: 'closed' });
     await server.close();
   }, 15_000);
+
+  it("close() with Node's built-in WebSocket (undici) resolves, and the process exits, when the server stopped reading", async () => {
+    // Node 20 has the built-in WebSocket only behind a flag: the client runs in a child process that has it.
+    // Until 7 December 2026 undici waited for the server's answering close frame for ever (no limit of its
+    // own, no terminate()): close() never resolved, and its TCP socket kept the process alive.
+    const server = await startServer(new FakeTask('node-task', 2));
+    const script = join(mkdtempSync(join(tmpdir(), 'finishline-undici-')), 'client.mjs');
+    await build({
+      stdin: {
+        contents: `
+          import { ProgressClient } from ${JSON.stringify(fileURLToPath(new URL('./index.ts', import.meta.url)))};
+          const client = new ProgressClient({ url: process.argv[2], WebSocket: globalThis.WebSocket, token: 'tok' });
+          client.watch('node-task').done.catch(() => undefined);
+          process.stdin.once('data', async () => {
+            process.stdin.destroy();
+            const started = Date.now();
+            await client.close();
+            console.log('closed after ' + (Date.now() - started) + ' ms');
+          });`,
+        resolveDir: fileURLToPath(new URL('.', import.meta.url)),
+        loader: 'ts',
+      },
+      bundle: true,
+      format: 'esm',
+      platform: 'node',
+      outfile: script,
+      logLevel: 'error',
+      external: ['ws', 'react'],
+      plugins: [
+        {
+          name: 'finishline-core-source',
+          setup(b) {
+            b.onResolve({ filter: /^@finishline\/core(\/internal)?$/ }, (args) => ({
+              path: fileURLToPath(
+                new URL(
+                  `../../progress-core/src/${args.path.endsWith('internal') ? 'internal' : 'index'}.ts`,
+                  import.meta.url,
+                ),
+              ),
+            }));
+          },
+        },
+      ],
+    });
+    const child = spawn(
+      process.execPath,
+      ['--experimental-websocket', script, `ws://127.0.0.1:${server.port}/progress`],
+      {
+        stdio: ['pipe', 'pipe', 'ignore'],
+      },
+    );
+    let output = '';
+    child.stdout.on('data', (chunk) => {
+      output += String(chunk);
+    });
+    const exited = new Promise<string>((resolve) => child.once('exit', () => resolve('exited')));
+    try {
+      await waitFor(() => server.received.some((frame) => frame.type === 'subscribe'), 10_000);
+      // The server reads nothing more: the client's close frame is never answered.
+      for (const request of server.upgrades) request.socket.pause();
+      child.stdin.write('close\n');
+      const outcome = await Promise.race([
+        exited,
+        new Promise((resolve) => setTimeout(resolve, 10_000, 'still running after 10 s')),
+      ]);
+      expect({ outcome, closed: /^closed after \d+ ms$/m.test(output) }).toEqual({
+        outcome: 'exited',
+        closed: true,
+      });
+    } finally {
+      child.kill();
+      await server.close();
+    }
+  }, 30_000);
 
   it("a socket dropped for its silence (a frozen server) does not outlive close() by ws's 30 s either", async () => {
     const server = await startServer(new FakeTask('node-task', 2));

@@ -54,15 +54,32 @@ export const CLOSE_GRACE_MS = 1000;
  * Bounds the close handshake of `socket`, just closed. `ws` waits up to 30 s for the server's answering
  * close frame, its TCP socket keeping the process alive: a server that stopped reading (a frozen replica)
  * held `ProgressClient.close()` and the process that long. Past {@link CLOSE_GRACE_MS} a `ws` socket is
- * ended (`terminate()`, which reports the close at once); other implementations close as they do.
+ * ended (`terminate()`, which reports the close at once). Node's built-in WebSocket (undici) has no
+ * `terminate()` and no limit of its own: it waited for that frame for ever, and `close()` never resolved
+ * (nor did the process exit) until 7 December 2026. Its TCP socket, which its response holds (under a
+ * symbol), is destroyed instead, which reports the close (1006). Other implementations close as they do.
  *
  * @internal
  */
 export function bindClose(socket: object): void {
-  const ws = socket as { terminate?: () => void; once?: (event: 'close', listener: () => void) => unknown };
-  if (typeof ws.terminate !== 'function' || typeof ws.once !== 'function') return;
-  const timer = setTimeout(() => ws.terminate?.(), CLOSE_GRACE_MS);
-  ws.once('close', () => clearTimeout(timer));
+  const ws = socket as {
+    terminate?: () => void;
+    once?: (event: 'close', listener: () => void) => unknown;
+    addEventListener?: (event: 'close', listener: () => void) => unknown;
+  };
+  let end = ws.terminate;
+  let onClose = ws.once;
+  if (typeof end !== 'function' || typeof onClose !== 'function') {
+    const held = socket as Record<symbol, { socket?: { destroy?: unknown } } | undefined>;
+    const tcp = Object.getOwnPropertySymbols(socket)
+      .map((key) => held[key]?.socket)
+      .find((candidate) => typeof candidate?.destroy === 'function');
+    if (tcp === undefined || typeof ws.addEventListener !== 'function') return;
+    end = () => (tcp.destroy as () => void).call(tcp);
+    onClose = ws.addEventListener;
+  }
+  const timer = setTimeout(() => end.call(ws), CLOSE_GRACE_MS);
+  onClose.call(ws, 'close', () => clearTimeout(timer));
 }
 
 /** TLS error codes of Node (OpenSSL's `ERR_SSL_*` and the certificate checks). */

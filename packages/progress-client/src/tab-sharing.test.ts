@@ -707,7 +707,8 @@ describe('tab sharing', () => {
     leaderTab.dead = false;
     real.push({ type: 'heartbeat', time: 1, seqs: {} });
     // Before: the follower's own socket stayed open beside the shared one (two sockets for one browser).
-    await vi.waitFor(() => expect(own.closedWith).toEqual([{ code: undefined, reason: undefined }]));
+    // Closed with a code: until 7 December 2026 without one, which the server saw as 1005 (no status).
+    await vi.waitFor(() => expect(own.closedWith).toEqual([{ code: 1000, reason: 'leader tab up' }]));
     await vi.waitFor(() => expect(real.frames('subscribe')).toHaveLength(2));
     expect(real.frames('subscribe').at(-1)).toMatchObject({ taskId: 't1', afterSeq: 1 });
     expect(followerServer.sockets).toHaveLength(1);

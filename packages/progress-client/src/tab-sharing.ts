@@ -452,8 +452,10 @@ class TabHub {
       case 'frame':
         // A leader runs (thawed, if it was frozen): the tab's sockets of its own go (see `own`), and a socket
         // given up on before this frame is not a second one in a row.
+        // With 1000 and a reason, as the client's own closes: until 7 December 2026 without a code, so the server
+        // (and any proxy) saw 1005, no status, a close that says nothing of why.
         if (this.silent < 8) {
-          for (const socket of this.own.values()) socket.close();
+          for (const socket of this.own.values()) socket.close(1000, 'leader tab up');
           this.own.clear();
         }
         this.silent &= 8;
@@ -493,7 +495,7 @@ class TabHub {
   }
 
   #fromLeader(message: Message): boolean {
-    return this.#leader === undefined || this.#leader === message.from;
+    return (this.#leader ?? message.from) === message.from;
   }
 
   /**
