@@ -403,8 +403,9 @@ export interface ProgressServerOptions<P extends Principal = Principal> {
   maxQueuedFrames?: number | undefined;
   /**
    * Most bytes of event frames queued for one socket while its buffer is above `highWaterMarkBytes`, or
-   * held for a token renewal's re-check (their JSON text; a coalesced progress run and a snapshot count
-   * nothing). `maxQueuedFrames` counts
+   * held for a token renewal's re-check (their JSON text in UTF-8 bytes, as sent: until 7 December 2026 its
+   * `length`, so CJK text, three bytes a character, was held up to three times the bound; a coalesced
+   * progress run and a snapshot count nothing). `maxQueuedFrames` counts
    * entries, and an `item` or a terminal event carries up to 16 KiB: a socket that stopped reading, following
    * five tasks each with a replay of 1,000 such items to catch up, held its own copies of them all, 75 MB,
    * until the liveness check noticed, and a principal's 100 sockets as many. Past this bound the socket
@@ -414,8 +415,8 @@ export interface ProgressServerOptions<P extends Principal = Principal> {
   maxQueuedBytes?: number | undefined;
   /**
    * Most bytes of event frames queued or held over all the sockets of one principal on this replica (the
-   * sum of what `maxQueuedBytes` weighs on each), and held by its Server-Sent Events streams (the page, up
-   * to 1 MiB, a stream holds while its reader's buffers are full: a stream whose page would take the
+   * sum of what `maxQueuedBytes` weighs on each, in UTF-8 bytes), and held by its Server-Sent Events
+   * streams (the page, up to 1 MiB, a stream holds while its reader's buffers are full: a stream whose page would take the
    * principal past this bound ends, counted in `sse_streams_closed_total{reason="max_queued_bytes"}`, and
    * its reader resumes with `Last-Event-ID`). Answers of the HTTP API have their own bound
    * (`maxUnreadAnswerBytes`). `maxQueuedBytes` bounds one socket, and a principal may open

@@ -18,7 +18,7 @@ import type { ProgressLogger } from '../logger.js';
 import { describeError } from '../logger.js';
 import type { ResyncReason, ServerMetrics, SseStreamEndReason } from '../metrics.js';
 import type { PrincipalLimits } from '../principal-limits.js';
-import { eventFrameText } from '../socket/event-frame-text.js';
+import { eventFrameBytes, eventFrameText } from '../socket/event-frame-text.js';
 import { waitAtMost } from '../wait.js';
 import { fromCode } from './http-request.js';
 import { stallTimer } from './stall-timer.js';
@@ -67,7 +67,8 @@ import { stallTimer } from './stall-timer.js';
 const MAX_TIMER_MS = 2_147_483_647;
 
 /**
- * Most frame text of a page a stream holds for its reader while the buffer is full (see `hold`). The
+ * Most frame text of a page a stream holds for its reader while the buffer is full (see `hold`), in UTF-8
+ * bytes (weighed by the text's `length`, a page of CJK text held up to three times this). The
  * whole rest of a page was held until 7 December 2026: up to `maxReplayEvents` events read for this stream
  * alone, some 20 MB of a page of 16 KiB items, so 100 stalled streams of one principal pinned 2 GB for
  * `sseStallTimeoutMs`. A drain takes some 16 KiB: the stream still reads a page per 64 drains, not one each.
@@ -489,7 +490,7 @@ export function streamTask(
     // adding it, the page held up to MAX_HELD_BYTES and one more event (a 16 KiB frame past the 1 MiB
     // documented), and a principal whose `maxQueuedBytesPerPrincipal` was that 1 MiB had the stream end.
     while (to < events.length) {
-      const size = eventFrameText(events[to] as TaskEvent).length;
+      const size = eventFrameBytes(events[to] as TaskEvent);
       if (bytes + size > MAX_HELD_BYTES) break;
       bytes += size;
       to++;

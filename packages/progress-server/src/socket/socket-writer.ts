@@ -23,7 +23,7 @@ import type { ProgressLogger } from '../logger.js';
 import { describeError } from '../logger.js';
 import type { ServerMetrics } from '../metrics.js';
 import type { ResolvedServerOptions } from '../options.js';
-import { eventFrameText } from './event-frame-text.js';
+import { eventFrameBytes, eventFrameText } from './event-frame-text.js';
 
 /** The request and task a frame answers, echoed in its `error` frame. */
 export interface FrameRefs {
@@ -102,8 +102,11 @@ export type QueueBound = 'maxQueuedFrames' | 'maxQueuedBytes' | 'maxQueuedBytesP
  */
 export class SocketWriter {
   readonly #ctx: WriterContext;
-  /** Weighed by frame text: an event's text is cached, and encoded once whatever the sockets sending it. */
-  readonly #queue = new SendQueue(undefined, (event) => eventFrameText(event).length);
+  /**
+   * Weighed by the UTF-8 bytes of its frame text: an event's text and size are cached, computed once
+   * whatever the sockets sending it.
+   */
+  readonly #queue = new SendQueue(undefined, eventFrameBytes);
   /**
    * Reset snapshots that met the socket above the high-water mark, by task: written first when it
    * drains. A task's next reset replaces its waiting one.
