@@ -35,7 +35,7 @@ import { guardLogger, silentLogger } from './logger.js';
 /**
  * The server's options: the public interface below carries their documentation, the table after it
  * their defaults and checks (see the options toolkit in `@finishline/core/internal`). Over 400 lines
- * because the interface documents forty-four options (docs/api.md is generated from it); the code is the
+ * because the interface documents fifty options (docs/api.md is generated from it); the code is the
  * table and one resolver.
  *
  * @module
@@ -427,6 +427,20 @@ export interface ProgressServerOptions<P extends Principal = Principal> {
    */
   maxQueuedBytesPerPrincipal?: number | undefined;
   /**
+   * Most bytes of event frames queued or held over every principal's sockets and Server-Sent Events
+   * streams on this replica together, counted as `maxQueuedBytesPerPrincipal` counts them (UTF-8 bytes).
+   * That bound is per principal, and nothing capped the principals: clients of many principals (an
+   * application where anyone may sign up, or one user with many tokens of distinct principals) that
+   * stopped reading held 64 MiB each. The socket whose queue takes the total past this bound is
+   * terminated, as past `maxQueuedBytes` (its log line names this bound), and a stream whose held page
+   * would is ended (`sse_streams_closed_total{reason="max_queued_bytes"}`); their clients resume from their
+   * cursors. A socket's queue grows only once `highWaterMarkBytes` are already buffered for it, and live
+   * events shared by several sockets count once per socket, so the default is reached only with hundreds
+   * of sockets far behind their readers.
+   * @default 536870912 (512 MiB)
+   */
+  maxQueuedBytesTotal?: number | undefined;
+  /**
    * How often a congested socket's `bufferedAmount` is checked, in milliseconds.
    * @default 10
    */
@@ -611,6 +625,7 @@ const SERVER_OPTIONS = {
   maxQueuedFrames: integer(10_000, 1),
   maxQueuedBytes: integer(16 * 1024 * 1024, 1),
   maxQueuedBytesPerPrincipal: integer(64 * 1024 * 1024, 1),
+  maxQueuedBytesTotal: integer(512 * 1024 * 1024, 1),
   terminalRetry: TERMINAL_RETRY_OPTION,
   leaseTtlMs: integer(15_000, 3, 86_400_000),
   // No fixed default: it follows leaseTtlMs (a third of it), computed in resolveServerOptions.

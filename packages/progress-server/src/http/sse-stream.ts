@@ -495,16 +495,19 @@ export function streamTask(
       bytes += size;
       to++;
     }
-    // The principal's budget, shared with its sockets' queues (`maxQueuedBytesPerPrincipal`): past it, the
-    // stream ends, as a socket whose queue takes the principal past it does, and its reader resumes from its
+    // The principal's budget, shared with its sockets' queues (`maxQueuedBytesPerPrincipal`), and the
+    // server's over all principals (`maxQueuedBytesTotal`): past either, the stream ends, as a socket whose queue takes the principal past it does, and its reader resumes from its
     // Last-Event-ID. Holding nothing instead and reading on from the cursor at each 'drain' cost a page read
     // (1,000 events of up to 16 KiB, copied) per 16 KiB the reader took: 21,000 events read in a second for
     // three such streams.
-    if (!ctx.limits.addQueuedBytes(principal.id, bytes)) {
+    const passed = ctx.limits.addQueuedBytes(principal.id, bytes);
+    if (passed !== undefined) {
       ctx.limits.addQueuedBytes(principal.id, -bytes);
       ctx.logger.info(
-        { taskId, bound: 'maxQueuedBytesPerPrincipal' },
-        'SSE reader reads too slowly and its principal holds maxQueuedBytesPerPrincipal; dropping the stream',
+        { taskId, bound: passed },
+        passed === 'maxQueuedBytesTotal'
+          ? 'SSE reader reads too slowly and the server holds maxQueuedBytesTotal; dropping the stream'
+          : 'SSE reader reads too slowly and its principal holds maxQueuedBytesPerPrincipal; dropping the stream',
       );
       end('max_queued_bytes');
       // Destroyed too: the end waits behind the full buffer the reader is not reading.

@@ -12,7 +12,7 @@ import WebSocket from 'ws';
 import { StoreEpoch } from '../hub/store-epoch.js';
 import { silentLogger } from '../logger.js';
 import { ServerMetrics } from '../metrics.js';
-import { PrincipalLimits } from '../principal-limits.js';
+import { PrincipalLimits, type QueuedBytesBound } from '../principal-limits.js';
 import type { WrittenLog } from './socket-writer.js';
 import { SocketWriter } from './socket-writer.js';
 
@@ -20,7 +20,7 @@ import { SocketWriter } from './socket-writer.js';
 function writerOver(
   highWaterMarkBytes: number,
   maxQueuedFrames = 10_000,
-  queuedBytes?: (delta: number) => boolean,
+  queuedBytes?: (delta: number) => QueuedBytesBound | undefined,
   maxQueuedBytes = 16 * 1024 * 1024,
 ) {
   const store = new MemoryProgressStore();
@@ -161,7 +161,7 @@ describe('SocketWriter over maxQueuedBytes', () => {
       10_000,
       (delta) => {
         principal += delta;
-        return true;
+        return undefined;
       },
       bound,
     );
