@@ -386,7 +386,10 @@ export interface ProgressServerOptions<P extends Principal = Principal> {
   /**
    * While a socket's `bufferedAmount` is above this many bytes, the server stops writing to it and
    * coalesces its queued progress events into snapshots; answers (`pong`, `error`) and heartbeats
-   * falling due meanwhile are dropped.
+   * falling due meanwhile are dropped. `ws` counts a frame sent as text by its string's `length` (UTF-16
+   * units, as Node's streams count strings), not its UTF-8 bytes: frames of CJK text (three bytes a
+   * character, one unit) fill up to three times this many bytes before the server stops (held as strings
+   * of two bytes a character, shared with the other sockets sending the same events).
    * @default 1048576
    */
   highWaterMarkBytes?: number | undefined;
