@@ -35,7 +35,7 @@ import { guardLogger, silentLogger } from './logger.js';
 /**
  * The server's options: the public interface below carries their documentation, the table after it
  * their defaults and checks (see the options toolkit in `@finishline/core/internal`). Over 400 lines
- * because the interface documents forty-four options (docs/api.md is generated from it); the code is the
+ * because the interface documents fifty options (docs/api.md is generated from it); the code is the
  * table and one resolver.
  *
  * @module
@@ -386,7 +386,10 @@ export interface ProgressServerOptions<P extends Principal = Principal> {
   /**
    * While a socket's `bufferedAmount` is above this many bytes, the server stops writing to it and
    * coalesces its queued progress events into snapshots; answers (`pong`, `error`) and heartbeats
-   * falling due meanwhile are dropped.
+   * falling due meanwhile are dropped. `ws` counts a frame sent as text by its string's `length` (UTF-16
+   * units, as Node's streams count strings), not its UTF-8 bytes: frames of CJK text (three bytes a
+   * character, one unit) fill up to three times this many bytes before the server stops (held as strings
+   * of two bytes a character, shared with the other sockets sending the same events).
    * @default 1048576
    */
   highWaterMarkBytes?: number | undefined;
@@ -403,8 +406,9 @@ export interface ProgressServerOptions<P extends Principal = Principal> {
   maxQueuedFrames?: number | undefined;
   /**
    * Most bytes of event frames queued for one socket while its buffer is above `highWaterMarkBytes`, or
-   * held for a token renewal's re-check (their JSON text; a coalesced progress run and a snapshot count
-   * nothing). `maxQueuedFrames` counts
+   * held for a token renewal's re-check (their JSON text in UTF-8 bytes, as sent: until 7 December 2026 its
+   * `length`, so CJK text, three bytes a character, was held up to three times the bound; a coalesced
+   * progress run and a snapshot count nothing). `maxQueuedFrames` counts
    * entries, and an `item` or a terminal event carries up to 16 KiB: a socket that stopped reading, following
    * five tasks each with a replay of 1,000 such items to catch up, held its own copies of them all, 75 MB,
    * until the liveness check noticed, and a principal's 100 sockets as many. Past this bound the socket
@@ -414,8 +418,8 @@ export interface ProgressServerOptions<P extends Principal = Principal> {
   maxQueuedBytes?: number | undefined;
   /**
    * Most bytes of event frames queued or held over all the sockets of one principal on this replica (the
-   * sum of what `maxQueuedBytes` weighs on each), and held by its Server-Sent Events streams (the page, up
-   * to 1 MiB, a stream holds while its reader's buffers are full: a stream whose page would take the
+   * sum of what `maxQueuedBytes` weighs on each, in UTF-8 bytes), and held by its Server-Sent Events
+   * streams (the page, up to 1 MiB, a stream holds while its reader's buffers are full: a stream whose page would take the
    * principal past this bound ends, counted in `sse_streams_closed_total{reason="max_queued_bytes"}`, and
    * its reader resumes with `Last-Event-ID`). Answers of the HTTP API have their own bound
    * (`maxUnreadAnswerBytes`). `maxQueuedBytes` bounds one socket, and a principal may open
@@ -425,6 +429,20 @@ export interface ProgressServerOptions<P extends Principal = Principal> {
    * @default 67108864 (64 MiB)
    */
   maxQueuedBytesPerPrincipal?: number | undefined;
+  /**
+   * Most bytes of event frames queued or held over every principal's sockets and Server-Sent Events
+   * streams on this replica together, counted as `maxQueuedBytesPerPrincipal` counts them (UTF-8 bytes).
+   * That bound is per principal, and nothing capped the principals: clients of many principals (an
+   * application where anyone may sign up, or one user with many tokens of distinct principals) that
+   * stopped reading held 64 MiB each. The socket whose queue takes the total past this bound is
+   * terminated, as past `maxQueuedBytes` (its log line names this bound), and a stream whose held page
+   * would is ended (`sse_streams_closed_total{reason="max_queued_bytes"}`); their clients resume from their
+   * cursors. A socket's queue grows only once `highWaterMarkBytes` are already buffered for it, and live
+   * events shared by several sockets count once per socket, so the default is reached only with hundreds
+   * of sockets far behind their readers.
+   * @default 536870912 (512 MiB)
+   */
+  maxQueuedBytesTotal?: number | undefined;
   /**
    * How often a congested socket's `bufferedAmount` is checked, in milliseconds.
    * @default 10
@@ -610,6 +628,7 @@ const SERVER_OPTIONS = {
   maxQueuedFrames: integer(10_000, 1),
   maxQueuedBytes: integer(16 * 1024 * 1024, 1),
   maxQueuedBytesPerPrincipal: integer(64 * 1024 * 1024, 1),
+  maxQueuedBytesTotal: integer(512 * 1024 * 1024, 1),
   terminalRetry: TERMINAL_RETRY_OPTION,
   leaseTtlMs: integer(15_000, 3, 86_400_000),
   // No fixed default: it follows leaseTtlMs (a third of it), computed in resolveServerOptions.

@@ -373,6 +373,31 @@ describe('HTTP API reads', () => {
 });
 
 describe('PrincipalLimits', () => {
+  it('names the bound a growth passed: its principal’s, or all principals’ together, and gives bytes back', () => {
+    const limits = new PrincipalLimits({
+      maxSockets: 10,
+      maxSubscriptions: 10,
+      ratePerSecond: 10,
+      maxQueuedBytes: 600,
+      maxQueuedBytesTotal: 1000,
+      clock: Date.now,
+    });
+    expect(limits.addQueuedBytes('alice', 500)).toBeUndefined();
+    expect(limits.addQueuedBytes('bob', 400)).toBeUndefined();
+    // Bob is within his 600, all principals together are not.
+    expect(limits.addQueuedBytes('bob', 200)).toBe('maxQueuedBytesTotal');
+    expect(limits.addQueuedBytes('bob', -200)).toBeUndefined();
+    expect(limits.addQueuedBytes('alice', 200)).toBe('maxQueuedBytesPerPrincipal');
+    expect(limits.addQueuedBytes('alice', -200)).toBeUndefined();
+    // A shrink is never refused, whatever is held.
+    expect(limits.addQueuedBytes('alice', -100)).toBeUndefined();
+    expect(limits.queuedBytesTotal).toBe(800);
+    limits.addQueuedBytes('alice', -400);
+    limits.addQueuedBytes('bob', -400);
+    expect(limits.queuedBytesTotal).toBe(0);
+    expect(limits.usage('alice').queuedBytes).toBe(0);
+  });
+
   it('closes a socket while the clock throws, and gives its count back', () => {
     const limits = new PrincipalLimits({
       maxSockets: 1,

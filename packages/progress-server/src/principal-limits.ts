@@ -19,8 +19,11 @@ export class PrincipalLimits {
   readonly #sockets = new Map<string, number>();
   readonly #subscriptions = new Map<string, number>();
   readonly #maxQueuedBytes: number;
+  readonly #maxQueuedBytesTotal: number;
   /** Bytes of event frames queued over each principal's sockets (see {@link addQueuedBytes}); no entry at 0. */
   readonly #queuedBytes = new Map<string, number>();
+  /** The sum of {@link #queuedBytes} over every principal. */
+  #queuedBytesTotal = 0;
   /**
    * One frame budget per principal, shared by its sockets. Kept after its last socket closes until it has
    * refilled (a principal that reconnected at once would otherwise get a full budget per reconnect).
@@ -34,9 +37,12 @@ export class PrincipalLimits {
     ratePerSecond: number;
     /** Most bytes of event frames queued over one principal's sockets (`maxQueuedBytesPerPrincipal`). */
     maxQueuedBytes?: number;
+    /** Most bytes of event frames queued over every principal's sockets together (`maxQueuedBytesTotal`). */
+    maxQueuedBytesTotal?: number;
     clock: Clock;
   }) {
     this.#maxQueuedBytes = options.maxQueuedBytes ?? Number.POSITIVE_INFINITY;
+    this.#maxQueuedBytesTotal = options.maxQueuedBytesTotal ?? Number.POSITIVE_INFINITY;
     this.#maxSockets = options.maxSockets;
     this.#maxSubscriptions = options.maxSubscriptions;
     this.#ratePerSecond = options.ratePerSecond;
@@ -125,15 +131,26 @@ export class PrincipalLimits {
   /**
    * One of `principalId`'s sockets queued `delta` more bytes of event frames (less when negative): each
    * socket reports the change of its own queue's weight, so the sum is kept in O(1) whatever the number of
-   * frames. `false` when a growth took the principal past `maxQueuedBytesPerPrincipal`: that socket must
-   * end (and give its bytes back). Bounded per socket only, a principal's 100 stalled sockets held 16 MiB
-   * of frames each, and the events behind them.
+   * frames. Returns the bound a growth took the principal, or all principals together, past
+   * (`maxQueuedBytesPerPrincipal`, `maxQueuedBytesTotal`): that socket must end (and give its bytes back);
+   * `undefined` within both. Bounded per socket only, a principal's 100 stalled sockets held 16 MiB of
+   * frames each, and the events behind them; bounded per principal only, any number of principals (an
+   * application where anyone may sign up) held 64 MiB each.
    */
-  addQueuedBytes(principalId: string, delta: number): boolean {
-    const total = (this.#queuedBytes.get(principalId) ?? 0) + delta;
-    if (total <= 0) this.#queuedBytes.delete(principalId);
-    else this.#queuedBytes.set(principalId, total);
-    return delta <= 0 || total <= this.#maxQueuedBytes;
+  addQueuedBytes(principalId: string, delta: number): QueuedBytesBound | undefined {
+    const held = (this.#queuedBytes.get(principalId) ?? 0) + delta;
+    if (held <= 0) this.#queuedBytes.delete(principalId);
+    else this.#queuedBytes.set(principalId, held);
+    this.#queuedBytesTotal += delta;
+    if (delta <= 0) return undefined;
+    if (held > this.#maxQueuedBytes) return 'maxQueuedBytesPerPrincipal';
+    if (this.#queuedBytesTotal > this.#maxQueuedBytesTotal) return 'maxQueuedBytesTotal';
+    return undefined;
+  }
+
+  /** Bytes of event frames queued or held over every principal's sockets and event streams. */
+  get queuedBytesTotal(): number {
+    return this.#queuedBytesTotal;
   }
 
   /** The current counts of `principalId` (for tests and diagnostics). */
@@ -145,6 +162,9 @@ export class PrincipalLimits {
     };
   }
 }
+
+/** The byte bound over several sockets that {@link PrincipalLimits.addQueuedBytes} found passed. */
+export type QueuedBytesBound = 'maxQueuedBytesPerPrincipal' | 'maxQueuedBytesTotal';
 
 /** How often, at most, the budgets of principals without sockets are looked at for forgetting. */
 const BUCKET_SWEEP_INTERVAL_MS = 1000;

@@ -271,6 +271,7 @@ export class ProgressServer<P extends Principal = Principal> {
       maxSubscriptions: resolved.maxSubscriptionsPerPrincipal,
       ratePerSecond: resolved.rateLimitPerPrincipalPerSecond,
       maxQueuedBytes: resolved.maxQueuedBytesPerPrincipal,
+      maxQueuedBytesTotal: resolved.maxQueuedBytesTotal,
       clock: resolved.clock,
     });
     // A restore under the running server: the hub's seqs are of the old epoch, and so are the watchers'.

@@ -116,130 +116,154 @@ async function pausedStream(url: string, taskId: string) {
 // budget: a principal's 100 streams held 100 MiB, beside the 64 MiB maxQueuedBytesPerPrincipal of its
 // sockets' queues. What they hold now counts in that budget, and a stream whose page would take its
 // principal past it ends, as such a socket does (its reader resumes from its Last-Event-ID). Measured
-// here with a budget below one held page.
-it("counts the page a stalled stream holds in its principal's maxQueuedBytesPerPrincipal", async () => {
-  const store = new WatchedStore();
-  const budget = 512 * 1024;
-  env = await startServer({ store, sseStallTimeoutMs: 60_000, maxQueuedBytesPerPrincipal: budget });
-  const task = await env.server.tasks.create({ owner: 'alice', kind: 'k' });
-  const detail = 'x'.repeat(16_000);
-  for (let item = 1; item <= 1001; item++) await task.item({ key: `k${item}`, ok: true, detail });
+// here with a budget below one held page. And (same review) per principal only, any number of principals'
+// streams held their pages: they count in the bound over all principals too, `maxQueuedBytesTotal`.
+it.each(['maxQueuedBytesPerPrincipal', 'maxQueuedBytesTotal'] as const)(
+  'counts the page a stalled stream holds in %s',
+  async (bound) => {
+    const store = new WatchedStore();
+    const budget = 512 * 1024;
+    env = await startServer({ store, sseStallTimeoutMs: 60_000, [bound]: budget });
+    const task = await env.server.tasks.create({ owner: 'alice', kind: 'k' });
+    const detail = 'x'.repeat(16_000);
+    for (let item = 1; item <= 1001; item++) await task.item({ key: `k${item}`, ok: true, detail });
 
-  const stream = await pausedStream(env.httpUrl, task.id);
-  await sleep(1000);
-  gc();
-  await sleep(10);
-  gc();
-  expect(store.read.length).toBeGreaterThanOrEqual(1000);
-  // The events of the store's reads still alive: what this reader pins, its held page and what the hub
-  // keeps of the task it follows for it. Before the fix 277 of them (4.4 MB), against a 512 KiB budget.
-  const alive = store.read.filter(({ ref }) => ref.deref() !== undefined).length;
-  expect(alive * 16_000).toBeLessThanOrEqual(budget);
-  const { values } = await env.server.metrics.sseStreamsClosed.get();
-  expect(values.map((value) => [value.labels.reason, value.value])).toEqual([['max_queued_bytes', 1]]);
+    const stream = await pausedStream(env.httpUrl, task.id);
+    await sleep(1000);
+    gc();
+    await sleep(10);
+    gc();
+    expect(store.read.length).toBeGreaterThanOrEqual(1000);
+    // The events of the store's reads still alive: what this reader pins, its held page and what the hub
+    // keeps of the task it follows for it. Before the fix 277 of them (4.4 MB), against a 512 KiB budget.
+    const alive = store.read.filter(({ ref }) => ref.deref() !== undefined).length;
+    expect(alive * 16_000).toBeLessThanOrEqual(budget);
+    const { values } = await env.server.metrics.sseStreamsClosed.get();
+    expect(values.map((value) => [value.labels.reason, value.value])).toEqual([['max_queued_bytes', 1]]);
 
-  // Ended (destroyed, as a stalled one is: what its buffers held may be lost with the connection), never
-  // out of order; the reader resumes from its Last-Event-ID.
-  await task.complete();
-  const { keys } = await stream.readAll();
-  expect(keys.length).toBeLessThan(1000);
-  expect(keys).toEqual(Array.from({ length: keys.length }, (_, i) => `k${i + 2}`));
-}, 60_000);
+    // Ended (destroyed, as a stalled one is: what its buffers held may be lost with the connection), never
+    // out of order; the reader resumes from its Last-Event-ID.
+    await task.complete();
+    const { keys } = await stream.readAll();
+    expect(keys.length).toBeLessThan(1000);
+    expect(keys).toEqual(Array.from({ length: keys.length }, (_, i) => `k${i + 2}`));
+  },
+  60_000,
+);
 
 // Found by a review (7 December 2026): the page was cut once it had reached MAX_HELD_BYTES, the event that
 // crossed the bound still held, so a stalled stream held up to 1 MiB and one more event (16 KiB frames:
 // 66 of them, 1,060,000 bytes), where the documented bound is 1 MiB. With `maxQueuedBytesPerPrincipal` set
 // to that 1 MiB, a principal's one stalled stream was ended (`max_queued_bytes`) for a page within it.
 // Served by `streamTask` itself, to a response whose buffer the test says is full: no timing involved.
-it('holds no more than MAX_HELD_BYTES of the page, the event that would cross it left to be read again', async () => {
-  const store = new MemoryProgressStore();
-  const task = await store.createTask({ owner: 'alice', kind: 'k' });
-  const detail = 'x'.repeat(16_000);
-  for (let item = 1; item <= 1001; item++) {
-    await store.append(task.id, { type: 'item', key: `k${item}`, ok: true, detail });
-  }
-  const metrics = new ServerMetrics({ registry: undefined, prefix: 'test_', feed: store.changes });
-  const reads = new FairReads({ maxConcurrent: 4, maxPerPrincipal: 2 });
-  const hub = new TaskHub({
-    store,
-    logger: silentLogger,
-    metrics,
-    retryDelayMs: 10,
-    reads,
-    maxReplayEvents: 1000,
-  });
-  hub.start();
-  const limits = new PrincipalLimits({
-    maxSockets: 10,
-    maxSubscriptions: 10,
-    ratePerSecond: 100,
-    maxQueuedBytes: MAX_HELD_BYTES,
-    clock: Date.now,
-  });
-  // A response whose buffer is full from the third event frame on: `write` says so, as node's does.
-  const written: string[] = [];
-  const response = Object.assign(new EventEmitter(), {
-    destroyed: false,
-    writableEnded: false,
-    writableFinished: false,
-    writeHead: () => undefined,
-    write: (chunk: string) => {
-      written.push(chunk);
-      return written.filter((text) => text.includes('"type":"event"')).length < 3;
-    },
-    end: () => {
-      response.writableEnded = true;
-    },
-    destroy: () => {
-      response.destroyed = true;
-    },
-  });
-  const request = Object.assign(new EventEmitter(), { socket: { destroyed: false } });
-  const open = new Set<OpenStream>();
-  let released = false;
-  streamTask(
-    {
-      hub,
-      epoch: new StoreEpoch(store, silentLogger),
-      limits,
+// Found by a review (7 December 2026): the page was weighed by its frames' `length` (UTF-16 units), so a
+// page of CJK text (one unit, three UTF-8 bytes a character) held up to three times the documented 1 MiB:
+// 205 frames of 15,100 bytes, 3 MB. The frames the stream writes once its reader drains are the page it
+// held, weighed here by their bytes.
+it.each([
+  ['ASCII', 'x'.repeat(16_000)],
+  ['CJK (3 bytes a character)', '\u8282'.repeat(5_000)],
+])(
+  'holds no more than MAX_HELD_BYTES of the page, the event that would cross it left to be read again (%s)',
+  async (_, detail) => {
+    const store = new MemoryProgressStore();
+    const task = await store.createTask({ owner: 'alice', kind: 'k' });
+    for (let item = 1; item <= 1001; item++) {
+      await store.append(task.id, { type: 'item', key: `k${item}`, ok: true, detail });
+    }
+    const metrics = new ServerMetrics({ registry: undefined, prefix: 'test_', feed: store.changes });
+    const reads = new FairReads({ maxConcurrent: 4, maxPerPrincipal: 2 });
+    const hub = new TaskHub({
+      store,
       logger: silentLogger,
       metrics,
-      heartbeatIntervalMs: 60_000,
-      sseStallTimeoutMs: 60_000,
-      sseStreamLifetimeMs: 0,
+      retryDelayMs: 10,
+      reads,
       maxReplayEvents: 1000,
-      clock: Date.now,
-      reconnectsPerSecond: 0,
-      open,
-    },
-    {
-      task: (await store.getTask(task.id)) as Task,
-      // A resume one event in: a page of 1,000 events read for this stream.
-      from: { seq: 1 },
-      principal: { id: 'alice' },
-      authorize: async () => true,
-      hookTimeoutMs: 1000,
-      request: request as unknown as IncomingMessage,
-      response: response as unknown as ServerResponse,
-      release: () => {
-        released = true;
-      },
-    },
-  );
-  try {
-    // The page was read and written until the buffer said it was full: the rest of it is held (or, before
-    // the fix, 66 frames of 16,070 bytes were, past the principal's 1 MiB, and the stream ended for them).
-    await vi.waitFor(() => expect(limits.usage('alice').queuedBytes > 0 || released).toBe(true), {
-      timeout: 10_000,
     });
-    expect((await metrics.sseStreamsClosed.get()).values).toEqual([]);
-    const held = limits.usage('alice').queuedBytes;
-    expect(held).toBeLessThanOrEqual(MAX_HELD_BYTES);
-    expect(held).toBeGreaterThan(MAX_HELD_BYTES - 20_000);
-  } finally {
-    for (const stream of open) await stream.shutdown(Date.now());
-    hub.close();
-    reads.close();
-  }
-  expect(limits.usage('alice').queuedBytes).toBe(0);
-});
+    hub.start();
+    const limits = new PrincipalLimits({
+      maxSockets: 10,
+      maxSubscriptions: 10,
+      ratePerSecond: 100,
+      maxQueuedBytes: MAX_HELD_BYTES,
+      clock: Date.now,
+    });
+    // A response whose buffer is full from the third event frame on: `write` says so, as node's does.
+    const written: string[] = [];
+    let full = true;
+    const response = Object.assign(new EventEmitter(), {
+      destroyed: false,
+      writableEnded: false,
+      writableFinished: false,
+      writeHead: () => undefined,
+      write: (chunk: string) => {
+        written.push(chunk);
+        return !full || written.filter((text) => text.includes('"type":"event"')).length < 3;
+      },
+      end: () => {
+        response.writableEnded = true;
+      },
+      destroy: () => {
+        response.destroyed = true;
+      },
+    });
+    const request = Object.assign(new EventEmitter(), { socket: { destroyed: false } });
+    const open = new Set<OpenStream>();
+    let released = false;
+    streamTask(
+      {
+        hub,
+        epoch: new StoreEpoch(store, silentLogger),
+        limits,
+        logger: silentLogger,
+        metrics,
+        heartbeatIntervalMs: 60_000,
+        sseStallTimeoutMs: 60_000,
+        sseStreamLifetimeMs: 0,
+        maxReplayEvents: 1000,
+        clock: Date.now,
+        reconnectsPerSecond: 0,
+        open,
+      },
+      {
+        task: (await store.getTask(task.id)) as Task,
+        // A resume one event in: a page of 1,000 events read for this stream.
+        from: { seq: 1 },
+        principal: { id: 'alice' },
+        authorize: async () => true,
+        hookTimeoutMs: 1000,
+        request: request as unknown as IncomingMessage,
+        response: response as unknown as ServerResponse,
+        release: () => {
+          released = true;
+        },
+      },
+    );
+    try {
+      // The page was read and written until the buffer said it was full: the rest of it is held (or, before
+      // the fix, 66 frames of 16,070 bytes were, past the principal's 1 MiB, and the stream ended for them).
+      await vi.waitFor(() => expect(limits.usage('alice').queuedBytes > 0 || released).toBe(true), {
+        timeout: 10_000,
+      });
+      expect((await metrics.sseStreamsClosed.get()).values).toEqual([]);
+      const held = limits.usage('alice').queuedBytes;
+      expect(held).toBeLessThanOrEqual(MAX_HELD_BYTES);
+      expect(held).toBeGreaterThan(MAX_HELD_BYTES - 20_000);
+      // The reader drains: the held rest of the page is written at once, before anything is read again.
+      const before = written.length;
+      full = false;
+      response.emit('drain');
+      const frames = written.slice(before).map((chunk) => /\ndata: (.*)\n\n$/s.exec(chunk)?.[1] ?? '');
+      expect(frames.length).toBeGreaterThan(0);
+      const bytes = frames.reduce((sum, frame) => sum + Buffer.byteLength(frame, 'utf8'), 0);
+      expect(bytes).toBe(held);
+      expect(bytes).toBeLessThanOrEqual(MAX_HELD_BYTES);
+    } finally {
+      for (const stream of open) await stream.shutdown(Date.now());
+      hub.close();
+      reads.close();
+    }
+    expect(limits.usage('alice').queuedBytes).toBe(0);
+  },
+);

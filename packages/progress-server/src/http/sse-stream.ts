@@ -18,7 +18,7 @@ import type { ProgressLogger } from '../logger.js';
 import { describeError } from '../logger.js';
 import type { ResyncReason, ServerMetrics, SseStreamEndReason } from '../metrics.js';
 import type { PrincipalLimits } from '../principal-limits.js';
-import { eventFrameText } from '../socket/event-frame-text.js';
+import { eventFrameBytes, eventFrameText } from '../socket/event-frame-text.js';
 import { waitAtMost } from '../wait.js';
 import { fromCode } from './http-request.js';
 import { stallTimer } from './stall-timer.js';
@@ -67,7 +67,8 @@ import { stallTimer } from './stall-timer.js';
 const MAX_TIMER_MS = 2_147_483_647;
 
 /**
- * Most frame text of a page a stream holds for its reader while the buffer is full (see `hold`). The
+ * Most frame text of a page a stream holds for its reader while the buffer is full (see `hold`), in UTF-8
+ * bytes (weighed by the text's `length`, a page of CJK text held up to three times this). The
  * whole rest of a page was held until 7 December 2026: up to `maxReplayEvents` events read for this stream
  * alone, some 20 MB of a page of 16 KiB items, so 100 stalled streams of one principal pinned 2 GB for
  * `sseStallTimeoutMs`. A drain takes some 16 KiB: the stream still reads a page per 64 drains, not one each.
@@ -489,21 +490,24 @@ export function streamTask(
     // adding it, the page held up to MAX_HELD_BYTES and one more event (a 16 KiB frame past the 1 MiB
     // documented), and a principal whose `maxQueuedBytesPerPrincipal` was that 1 MiB had the stream end.
     while (to < events.length) {
-      const size = eventFrameText(events[to] as TaskEvent).length;
+      const size = eventFrameBytes(events[to] as TaskEvent);
       if (bytes + size > MAX_HELD_BYTES) break;
       bytes += size;
       to++;
     }
-    // The principal's budget, shared with its sockets' queues (`maxQueuedBytesPerPrincipal`): past it, the
-    // stream ends, as a socket whose queue takes the principal past it does, and its reader resumes from its
+    // The principal's budget, shared with its sockets' queues (`maxQueuedBytesPerPrincipal`), and the
+    // server's over all principals (`maxQueuedBytesTotal`): past either, the stream ends, as a socket whose queue takes the principal past it does, and its reader resumes from its
     // Last-Event-ID. Holding nothing instead and reading on from the cursor at each 'drain' cost a page read
     // (1,000 events of up to 16 KiB, copied) per 16 KiB the reader took: 21,000 events read in a second for
     // three such streams.
-    if (!ctx.limits.addQueuedBytes(principal.id, bytes)) {
+    const passed = ctx.limits.addQueuedBytes(principal.id, bytes);
+    if (passed !== undefined) {
       ctx.limits.addQueuedBytes(principal.id, -bytes);
       ctx.logger.info(
-        { taskId, bound: 'maxQueuedBytesPerPrincipal' },
-        'SSE reader reads too slowly and its principal holds maxQueuedBytesPerPrincipal; dropping the stream',
+        { taskId, bound: passed },
+        passed === 'maxQueuedBytesTotal'
+          ? 'SSE reader reads too slowly and the server holds maxQueuedBytesTotal; dropping the stream'
+          : 'SSE reader reads too slowly and its principal holds maxQueuedBytesPerPrincipal; dropping the stream',
       );
       end('max_queued_bytes');
       // Destroyed too: the end waits behind the full buffer the reader is not reading.

@@ -122,6 +122,32 @@ describe('RecentEvents', () => {
     expect(recent.size).toBe(0);
   });
 
+  // Found by a review (7 December 2026): events were weighed by their frame's `length` (UTF-16 units), so a
+  // window of CJK text (one unit, three UTF-8 bytes a character) held up to three times its bytes.
+  it('weighs events by the UTF-8 bytes of their frames, CJK text too', () => {
+    const message = '\u8282'.repeat(4000);
+    const cjk = (taskId: string, seq: number): TaskEvent =>
+      Object.freeze({
+        taskId,
+        seq,
+        type: 'progress' as const,
+        time: seq,
+        progress: { total: null, done: seq, succeeded: 0, failed: 0, current: null, message },
+      });
+    const totalBytes = 1024 * 1024;
+    const recent = new RecentEvents({ totalBytes });
+    let bytes = 0;
+    for (let seq = 1; seq <= 200; seq++) {
+      const added = cjk(`t${seq}`, 1);
+      recent.extend(`t${seq}`, [added]);
+      bytes += Buffer.byteLength(JSON.stringify({ type: 'event', event: added }), 'utf8');
+      expect(recent.bytes).toBeLessThanOrEqual(totalBytes);
+    }
+    // 200 events of 12 KB: the window keeps what fits in 1 MiB, some 87 of them, not 260 of 4 K units.
+    expect(recent.size).toBeLessThan(Math.ceil((200 * totalBytes) / bytes));
+    expect(recent.size).toBeGreaterThanOrEqual(Math.floor((200 * totalBytes) / bytes) - 1);
+  });
+
   it('weighs a window trimmed to perTask by what it still holds', () => {
     const recent = new RecentEvents({ perTask: 4, total: 100, totalBytes: 70, weigh: () => 10 });
     for (let seq = 1; seq <= 19; seq++) {

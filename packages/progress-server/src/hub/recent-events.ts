@@ -5,7 +5,7 @@
  * @module
  */
 import type { TaskEvent } from '@finishline/core';
-import { eventFrameText } from '../socket/event-frame-text.js';
+import { eventFrameBytes } from '../socket/event-frame-text.js';
 
 /**
  * Events kept per task: once a task has had this many, at least this many and fewer than twice as many
@@ -22,8 +22,9 @@ export const RECENT_EVENTS_PER_TASK = 256;
 export const RECENT_EVENTS_TOTAL = 65_536;
 
 /**
- * Most bytes of events kept over all tasks, weighed by their `event` frame's text (which is cached per
- * event and held with it). The count alone assumed small events: at 16 KiB an `item`, 65,536 of them were
+ * Most bytes of events kept over all tasks, weighed by the UTF-8 bytes of their `event` frame's text
+ * (which is cached per event and held with it; weighed by its `length`, CJK text was held up to three times
+ * this). The count alone assumed small events: at 16 KiB an `item`, 65,536 of them were
  * about 1 GB, and twice that with their texts. Past it, windows are dropped as past the count.
  */
 export const RECENT_EVENTS_TOTAL_BYTES = 64 * 1024 * 1024;
@@ -54,8 +55,8 @@ export class RecentEvents {
   #bytes = 0;
 
   /**
-   * @param limits - `weigh` is what an event weighs against `totalBytes`: its `event` frame's length by
-   *   default (encoded once per event whoever sends it, so weighing it here encodes nothing twice).
+   * @param limits - `weigh` is what an event weighs against `totalBytes`: its `event` frame's UTF-8 bytes
+   *   by default (encoded once per event whoever sends it, so weighing it here encodes nothing twice).
    */
   constructor(
     limits: {
@@ -68,7 +69,7 @@ export class RecentEvents {
     this.#perTask = limits.perTask ?? RECENT_EVENTS_PER_TASK;
     this.#total = limits.total ?? RECENT_EVENTS_TOTAL;
     this.#totalBytes = limits.totalBytes ?? RECENT_EVENTS_TOTAL_BYTES;
-    this.#weigh = limits.weigh ?? weighFrame;
+    this.#weigh = limits.weigh ?? eventFrameBytes;
   }
 
   /** Events held over all tasks. */
@@ -93,7 +94,7 @@ export class RecentEvents {
       return;
     }
     // In place, the hot path: one push per live event, the front trimmed only once it doubled. Each event
-    // is weighed once in and once out (a cached text's length), never the window again.
+    // is weighed once in and once out (a cached size), never the window again.
     let bytes = 0;
     for (const event of events) {
       held.push(event);
@@ -200,8 +201,4 @@ export class RecentEvents {
       this.#forget(oldest, window);
     }
   }
-}
-
-function weighFrame(event: TaskEvent): number {
-  return eventFrameText(event).length;
 }

@@ -37,7 +37,11 @@ afterEach(async () => {
 
 /** A server on the caller's WebSocketServer whose sockets look congested while `congested.on`. */
 async function congestibleServer(
-  overrides: { maxQueuedFrames?: number; maxQueuedBytesPerPrincipal?: number } = {},
+  overrides: {
+    maxQueuedFrames?: number;
+    maxQueuedBytesPerPrincipal?: number;
+    maxQueuedBytesTotal?: number;
+  } = {},
 ): Promise<{
   server: ProgressServer;
   url: string;
@@ -218,6 +222,40 @@ describe('backpressure', () => {
     expect(await open(bob.raw)).toBe(true);
     congested.on = false;
     await bob.raw.next((frame) => frame.type === 'event' && seqOf(frame) === 30);
+  });
+
+  // Found by a review (7 December 2026): maxQueuedBytesPerPrincipal bounds one principal, and nothing bounded
+  // the principals: clients of 100 principals (anyone may sign up, or one user holds tokens of many) that
+  // stopped reading held 64 MiB each, 6.4 GB, however the per-principal bound was set.
+  it('terminates the socket that takes all principals’ queued frames past maxQueuedBytesTotal; others go on', async () => {
+    const { server, url, congested, overflows } = await congestibleServer({
+      maxQueuedBytesTotal: 1024 * 1024,
+    });
+    const detail = 'x'.repeat(16_000);
+    const watch = async (user: string) => {
+      const task = await server.tasks.create({ owner: user, kind: 'k' });
+      const raw = await RawClient.connect(url, { user });
+      cleanups.push(async () => raw.ws.terminate());
+      raw.send({ type: 'subscribe', taskId: task.id, afterSeq: 0 });
+      await raw.next((frame) => frame.type === 'snapshot');
+      return { task, raw };
+    };
+    // Three principals, each far below its own 64 MiB: 30 items of 16 KB, 480 KB each, 1.4 MB together.
+    const users = [await watch('alice'), await watch('bob'), await watch('carol')];
+    congested.on = true;
+    for (let item = 1; item <= 30; item++) {
+      for (const { task } of users) await task.item({ key: `node-${item}`, ok: true, detail });
+    }
+    const open = (raw: RawClient) =>
+      Promise.race([raw.closed.then(() => false), sleep(300).then(() => true)]);
+    const stillOpen = await Promise.all(users.map(({ raw }) => open(raw)));
+    expect(stillOpen.filter((isOpen) => !isOpen)).toHaveLength(1);
+    expect(new Set(overflows)).toEqual(new Set(['maxQueuedBytesTotal']));
+    // The ended socket's bytes were given back: the others hold theirs, and get every item once they read.
+    congested.on = false;
+    for (const [index, { raw }] of users.entries()) {
+      if (stillOpen[index]) await raw.next((frame) => frame.type === 'event' && seqOf(frame) === 30);
+    }
   });
 
   it('sends everything as events when the socket keeps up', async () => {

@@ -12,7 +12,7 @@ import WebSocket from 'ws';
 import { StoreEpoch } from '../hub/store-epoch.js';
 import { silentLogger } from '../logger.js';
 import { ServerMetrics } from '../metrics.js';
-import { PrincipalLimits } from '../principal-limits.js';
+import { PrincipalLimits, type QueuedBytesBound } from '../principal-limits.js';
 import type { WrittenLog } from './socket-writer.js';
 import { SocketWriter } from './socket-writer.js';
 
@@ -20,7 +20,8 @@ import { SocketWriter } from './socket-writer.js';
 function writerOver(
   highWaterMarkBytes: number,
   maxQueuedFrames = 10_000,
-  queuedBytes?: (delta: number) => boolean,
+  queuedBytes?: (delta: number) => QueuedBytesBound | undefined,
+  maxQueuedBytes = 16 * 1024 * 1024,
 ) {
   const store = new MemoryProgressStore();
   const sent: string[] = [];
@@ -40,7 +41,7 @@ function writerOver(
       highWaterMarkBytes,
       backpressurePollMs: 10,
       maxQueuedFrames,
-      maxQueuedBytes: 16 * 1024 * 1024,
+      maxQueuedBytes,
     },
     metrics,
     logger: silentLogger,
@@ -129,6 +130,59 @@ describe('SocketWriter over maxQueuedFrames', () => {
     writer.pushSnapshot({ id: 'c', seq: 1 } as TaskView);
     expect(overflows()).toBe(1);
     writer.stop();
+  });
+});
+
+// Found by a review (7 December 2026): the queue was weighed by its frames' `length` (UTF-16 units), so
+// frames of CJK text (one unit, three UTF-8 bytes a character) took a socket to three times
+// `maxQueuedBytes` before it ended, and its principal to three times `maxQueuedBytesPerPrincipal`.
+describe('SocketWriter over maxQueuedBytes', () => {
+  const log = { wrote: () => undefined } as unknown as WrittenLog;
+  const item = (seq: number, text: string) =>
+    ({
+      taskId: 'a',
+      seq,
+      time: 1,
+      type: 'item',
+      item: { key: text.slice(0, 512), ok: false, error: text, detail: null },
+      progress: { total: null, done: seq, succeeded: 0, failed: seq },
+    }) as unknown as TaskEvent;
+  const bytesOf = (event: TaskEvent) => Buffer.byteLength(JSON.stringify({ type: 'event', event }), 'utf8');
+
+  it.each([
+    ['ASCII', 'x'.repeat(4096)],
+    ['CJK (3 bytes a character)', '\u8282'.repeat(4096)],
+    ['emoji (4 bytes, 2 units)', '\u{1F680}'.repeat(2048)],
+  ])('counts the UTF-8 bytes of the frames it holds, and ends the socket past them (%s)', (_, text) => {
+    const bound = 256 * 1024;
+    let principal = 0;
+    const { writer, ws, bounds } = writerOver(
+      1024,
+      10_000,
+      (delta) => {
+        principal += delta;
+        return undefined;
+      },
+      bound,
+    );
+    ws.bufferedAmount = 4096;
+    let held = 0;
+    for (let seq = 1; bounds.length === 0; seq++) {
+      const event = item(seq, text);
+      writer.pushEvent(event, log);
+      if (bounds.length === 0) {
+        held += bytesOf(event);
+        // What the principal's budget is told is the bytes as sent.
+        expect(principal).toBe(held);
+      } else {
+        // Ended by the first frame that took the bytes held past the bound, not before, not later.
+        expect(held).toBeLessThanOrEqual(bound);
+        expect(held + bytesOf(event)).toBeGreaterThan(bound);
+      }
+    }
+    expect(bounds).toEqual(['maxQueuedBytes']);
+    writer.stop();
+    expect(principal).toBe(0);
   });
 });
 

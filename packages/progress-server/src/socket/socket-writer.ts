@@ -23,7 +23,8 @@ import type { ProgressLogger } from '../logger.js';
 import { describeError } from '../logger.js';
 import type { ServerMetrics } from '../metrics.js';
 import type { ResolvedServerOptions } from '../options.js';
-import { eventFrameText } from './event-frame-text.js';
+import type { QueuedBytesBound } from '../principal-limits.js';
+import { eventFrameBytes, eventFrameText } from './event-frame-text.js';
 
 /** The request and task a frame answers, echoed in its `error` frame. */
 export interface FrameRefs {
@@ -78,11 +79,12 @@ export interface WriterContext {
   /** The written-frame log of the subscription of `taskId`, if the socket follows it. */
   log(taskId: string): WrittenLog | undefined;
   /**
-   * The socket's queue weighs `delta` bytes more (less when negative) than when it last said; `false` when
-   * that took its principal past `maxQueuedBytesPerPrincipal` (the socket then ends, as past
-   * `maxQueuedBytes`). Absent: no bound over the principal's sockets.
+   * The socket's queue weighs `delta` bytes more (less when negative) than when it last said; the bound a
+   * growth took its principal, or all principals together, past (`maxQueuedBytesPerPrincipal`,
+   * `maxQueuedBytesTotal`: the socket then ends, as past `maxQueuedBytes`), else `undefined`. Absent: no
+   * bound over several sockets.
    */
-  queuedBytes?: ((delta: number) => boolean) | undefined;
+  queuedBytes?: ((delta: number) => QueuedBytesBound | undefined) | undefined;
   /**
    * The queue outgrew `bound` (called once): the socket must end. Named so the operator's log says which
    * bound to raise: a byte bound tripped by a few large items was reported as `maxQueuedFrames`.
@@ -91,7 +93,7 @@ export interface WriterContext {
 }
 
 /** The bound of what a socket holds for its client that ended it (see {@link WriterContext.overflow}). */
-export type QueueBound = 'maxQueuedFrames' | 'maxQueuedBytes' | 'maxQueuedBytesPerPrincipal';
+export type QueueBound = 'maxQueuedFrames' | 'maxQueuedBytes' | QueuedBytesBound;
 
 /**
  * Writes one socket's frames. Queued entries go out while the socket's buffer is below the high-water
@@ -102,8 +104,11 @@ export type QueueBound = 'maxQueuedFrames' | 'maxQueuedBytes' | 'maxQueuedBytesP
  */
 export class SocketWriter {
   readonly #ctx: WriterContext;
-  /** Weighed by frame text: an event's text is cached, and encoded once whatever the sockets sending it. */
-  readonly #queue = new SendQueue(undefined, (event) => eventFrameText(event).length);
+  /**
+   * Weighed by the UTF-8 bytes of its frame text: an event's text and size are cached, computed once
+   * whatever the sockets sending it.
+   */
+  readonly #queue = new SendQueue(undefined, eventFrameBytes);
   /**
    * Reset snapshots that met the socket above the high-water mark, by task: written first when it
    * drains. A task's next reset replaces its waiting one.
@@ -207,22 +212,25 @@ export class SocketWriter {
     const { maxQueuedFrames, maxQueuedBytes } = this.#ctx.options;
     if (this.#queue.size + this.#held > maxQueuedFrames) this.overflow('maxQueuedFrames');
     else if (this.#queue.bytes + this.#heldBytes > maxQueuedBytes) this.overflow('maxQueuedBytes');
-    else if (!this.#reportBytes()) this.overflow('maxQueuedBytesPerPrincipal');
+    else {
+      const passed = this.#reportBytes();
+      if (passed !== undefined) this.overflow(passed);
+    }
   }
 
   /**
    * Tells the principal's budget how much the queue's weight changed since it last did: one number per
    * call, so the sum over the principal's sockets costs O(1) per push and per drain, never a scan of the
-   * frames. `false` when a growth took the principal past its bound. Called after each push, at the end of
-   * each drain (what a drain sends meanwhile is still counted: the budget errs on the full side), and when
-   * the queue is cleared.
+   * frames. The bound a growth took the principal or the server past, if any. Called after each push, at
+   * the end of each drain (what a drain sends meanwhile is still counted: the budget errs on the full
+   * side), and when the queue is cleared.
    */
-  #reportBytes(): boolean {
+  #reportBytes(): QueuedBytesBound | undefined {
     const bytes = this.#queue.bytes + this.#heldBytes;
     const delta = bytes - this.#reportedBytes;
-    if (delta === 0) return true;
+    if (delta === 0) return undefined;
     this.#reportedBytes = bytes;
-    return this.#ctx.queuedBytes?.(delta) ?? true;
+    return this.#ctx.queuedBytes?.(delta);
   }
 
   /**
@@ -230,7 +238,7 @@ export class SocketWriter {
    * token renewal's re-check (see `Subscription.suspend`). What its subscriptions hold counts with the
    * queue against `maxQueuedFrames` and `maxQueuedBytes`, for the socket as a whole (bounded per
    * subscription, a socket following many tasks held that many times the bound), and against its
-   * principal's `maxQueuedBytesPerPrincipal`. Past one the socket ends, as when its queue outgrows it. Not
+   * principal's `maxQueuedBytesPerPrincipal` (and the server's `maxQueuedBytesTotal`). Past one the socket ends, as when its queue outgrows it. Not
    * on the live path: only while a re-check runs.
    */
   hold(bytes: number): void {

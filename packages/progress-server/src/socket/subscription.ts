@@ -8,7 +8,7 @@
 import type { TaskEvent, TaskView } from '@finishline/core';
 import type { StreamSink, TaskStream } from '../hub/task-stream.js';
 import type { ServerMetrics } from '../metrics.js';
-import { eventFrameText } from './event-frame-text.js';
+import { eventFrameBytes } from './event-frame-text.js';
 import type { SocketWriter, WrittenLog } from './socket-writer.js';
 
 /** What a subscription needs from its socket. */
@@ -383,7 +383,7 @@ export class Subscription implements WrittenLog {
       // tasks' events without limit. Counted only, a delivery of a catch-up page or a group commit is one
       // entry however many 16 KiB items it carries: 10,000 held were 160 MB, past `maxQueuedBytes`.
       let bytes = 0;
-      if (events !== undefined) for (const event of events) bytes += eventFrameText(event).length;
+      if (events !== undefined) for (const event of events) bytes += eventFrameBytes(event);
       this.#heldBytes += bytes;
       this.#ctx.writer.hold(bytes);
     };

@@ -644,19 +644,29 @@ describe('token renewal: the re-check window', () => {
   // only, and a delivery is a whole group commit or catch-up page: 10,000 held deliveries of 16 KiB items
   // pinned 160 MB for one socket (a re-check takes up to upgradeTimeoutMs per subscription, in turn), ten
   // times maxQueuedBytes, and counted nowhere in the principal's maxQueuedBytesPerPrincipal.
+  // And (same review) weighed by their frames' `length`, so CJK text (three UTF-8 bytes a character, one
+  // unit) was held up to three times the bound: 12 items of 2,700 characters, 98 KB, counted 33 K.
   it.each([
-    ['maxQueuedBytes', { maxQueuedBytes: 64 * 1024 }],
-    ['maxQueuedBytesPerPrincipal', { maxQueuedBytesPerPrincipal: 64 * 1024 }],
-  ] as const)('bounds what the re-check holds by %s too, not only by its count', async (_bound, bound) => {
-    const held = gate(); // never opened: the authorize hook of the renewed credential hangs
-    const { server } = await startScoped(held, bound);
-    const { task, client } = await watching(server, 'alice:60000:all');
-    await renew(client, 'alice:60000:some');
-    // 12 deliveries of 8 KB items: 100 KB held, far below maxQueuedFrames, past the 64 KiB bound.
-    const detail = 'x'.repeat(8000);
-    for (let item = 1; item <= 12; item++) await task.item({ key: `node-${item}`, ok: true, detail });
-    const closed = await Promise.race([client.closed, sleep(2000).then(() => ({ code: 'still open' }))]);
-    expect(closed.code).toBe(1006);
-    held.open();
-  });
+    ['maxQueuedBytes', { maxQueuedBytes: 64 * 1024 }, 'x'.repeat(8000)],
+    ['maxQueuedBytesPerPrincipal', { maxQueuedBytesPerPrincipal: 64 * 1024 }, 'x'.repeat(8000)],
+    ['maxQueuedBytes in UTF-8 bytes', { maxQueuedBytes: 64 * 1024 }, '\u8282'.repeat(2700)],
+    [
+      'maxQueuedBytesPerPrincipal in UTF-8 bytes',
+      { maxQueuedBytesPerPrincipal: 64 * 1024 },
+      '\u8282'.repeat(2700),
+    ],
+  ] as const)(
+    'bounds what the re-check holds by %s too, not only by its count',
+    async (_bound, bound, detail) => {
+      const held = gate(); // never opened: the authorize hook of the renewed credential hangs
+      const { server } = await startScoped(held, bound);
+      const { task, client } = await watching(server, 'alice:60000:all');
+      await renew(client, 'alice:60000:some');
+      // 12 deliveries of 8 KB items: 100 KB held, far below maxQueuedFrames, past the 64 KiB bound.
+      for (let item = 1; item <= 12; item++) await task.item({ key: `node-${item}`, ok: true, detail });
+      const closed = await Promise.race([client.closed, sleep(2000).then(() => ({ code: 'still open' }))]);
+      expect(closed.code).toBe(1006);
+      held.open();
+    },
+  );
 });
