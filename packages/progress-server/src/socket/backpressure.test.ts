@@ -36,6 +36,21 @@ afterEach(async () => {
 });
 
 /** A server on the caller's WebSocketServer whose sockets look congested while `congested.on`. */
+/** A raw socket of `user` subscribed to a new task of theirs, terminated after the test. */
+async function subscribedWatcher(server: ProgressServer, url: string, user: string) {
+  const task = await server.tasks.create({ owner: user, kind: 'k' });
+  const raw = await RawClient.connect(url, { user });
+  cleanups.push(async () => raw.ws.terminate());
+  raw.send({ type: 'subscribe', taskId: task.id, afterSeq: 0 });
+  await raw.next((frame) => frame.type === 'snapshot');
+  return { task, raw };
+}
+
+/** Whether `raw` is still open 300 ms from now. */
+function openAfter300Ms(raw: RawClient): Promise<boolean> {
+  return Promise.race([raw.closed.then(() => false), sleep(300).then(() => true)]);
+}
+
 async function congestibleServer(
   overrides: {
     maxQueuedFrames?: number;
@@ -197,14 +212,7 @@ describe('backpressure', () => {
       maxQueuedBytesPerPrincipal: 1024 * 1024,
     });
     const detail = 'x'.repeat(16_000);
-    const watch = async (user: string) => {
-      const task = await server.tasks.create({ owner: user, kind: 'k' });
-      const raw = await RawClient.connect(url, { user });
-      cleanups.push(async () => raw.ws.terminate());
-      raw.send({ type: 'subscribe', taskId: task.id, afterSeq: 0 });
-      await raw.next((frame) => frame.type === 'snapshot');
-      return { task, raw };
-    };
+    const watch = (user: string) => subscribedWatcher(server, url, user);
     const alice = [await watch('alice'), await watch('alice'), await watch('alice')];
     const bob = await watch('bob');
     congested.on = true;
@@ -212,14 +220,12 @@ describe('backpressure', () => {
     for (let item = 1; item <= 30; item++) {
       for (const { task } of [...alice, bob]) await task.item({ key: `node-${item}`, ok: true, detail });
     }
-    const open = (raw: RawClient) =>
-      Promise.race([raw.closed.then(() => false), sleep(300).then(() => true)]);
-    const aliceOpen = await Promise.all(alice.map(({ raw }) => open(raw)));
+    const aliceOpen = await Promise.all(alice.map(({ raw }) => openAfter300Ms(raw)));
     expect(aliceOpen.filter((isOpen) => !isOpen).length).toBeGreaterThanOrEqual(1);
     expect(aliceOpen.filter((isOpen) => isOpen).length).toBeGreaterThanOrEqual(1);
     expect(new Set(overflows)).toEqual(new Set(['maxQueuedBytesPerPrincipal']));
     // Bob's socket holds his own queue, whatever alice's hold: it goes on, and gets every item.
-    expect(await open(bob.raw)).toBe(true);
+    expect(await openAfter300Ms(bob.raw)).toBe(true);
     congested.on = false;
     await bob.raw.next((frame) => frame.type === 'event' && seqOf(frame) === 30);
   });
@@ -232,23 +238,14 @@ describe('backpressure', () => {
       maxQueuedBytesTotal: 1024 * 1024,
     });
     const detail = 'x'.repeat(16_000);
-    const watch = async (user: string) => {
-      const task = await server.tasks.create({ owner: user, kind: 'k' });
-      const raw = await RawClient.connect(url, { user });
-      cleanups.push(async () => raw.ws.terminate());
-      raw.send({ type: 'subscribe', taskId: task.id, afterSeq: 0 });
-      await raw.next((frame) => frame.type === 'snapshot');
-      return { task, raw };
-    };
+    const watch = (user: string) => subscribedWatcher(server, url, user);
     // Three principals, each far below its own 64 MiB: 30 items of 16 KB, 480 KB each, 1.4 MB together.
     const users = [await watch('alice'), await watch('bob'), await watch('carol')];
     congested.on = true;
     for (let item = 1; item <= 30; item++) {
       for (const { task } of users) await task.item({ key: `node-${item}`, ok: true, detail });
     }
-    const open = (raw: RawClient) =>
-      Promise.race([raw.closed.then(() => false), sleep(300).then(() => true)]);
-    const stillOpen = await Promise.all(users.map(({ raw }) => open(raw)));
+    const stillOpen = await Promise.all(users.map(({ raw }) => openAfter300Ms(raw)));
     expect(stillOpen.filter((isOpen) => !isOpen)).toHaveLength(1);
     expect(new Set(overflows)).toEqual(new Set(['maxQueuedBytesTotal']));
     // The ended socket's bytes were given back: the others hold theirs, and get every item once they read.
