@@ -178,13 +178,19 @@ export interface HttpHandlerContext<P extends Principal> {
 /** `serve` wrote the response itself (an event stream, a preflight's answer). */
 const STREAMED = Symbol('streamed');
 
+/**
+ * A task route's id, as decoded from its path segment; `undecodable` when the segment is not valid
+ * percent-encoding (see {@link decodeTaskId}).
+ */
+type TaskIdOf = { taskId: string; undecodable?: true };
+
 type Route =
   | { name: 'list' }
-  | { name: 'task'; taskId: string }
-  | { name: 'events'; taskId: string }
-  | { name: 'cancel'; taskId: string }
-  | { name: 'stream'; taskId: string }
-  | { name: 'ack'; taskId: string };
+  | ({ name: 'task' } & TaskIdOf)
+  | ({ name: 'events' } & TaskIdOf)
+  | ({ name: 'cancel' } & TaskIdOf)
+  | ({ name: 'stream' } & TaskIdOf)
+  | ({ name: 'ack' } & TaskIdOf);
 
 const ALLOWED: Record<Route['name'], string> = {
   list: 'GET',
@@ -415,25 +421,38 @@ function matchRoute(path: string, basePath: string): Route | undefined {
   const segments = path.slice(basePath.length + 1).split('/');
   if (segments[0] !== 'tasks') return undefined;
   if (segments.length === 1) return { name: 'list' };
-  const taskId = decodeTaskId(segments[1] ?? '');
-  if (segments.length === 2) return { name: 'task', taskId };
-  if (segments.length === 3 && segments[2] === 'events') return { name: 'events', taskId };
-  if (segments.length === 3 && segments[2] === 'cancel') return { name: 'cancel', taskId };
-  if (segments.length === 3 && segments[2] === 'stream') return { name: 'stream', taskId };
-  if (segments.length === 3 && segments[2] === 'ack') return { name: 'ack', taskId };
+  const id = decodeTaskId(segments[1] ?? '');
+  if (segments.length === 2) return { name: 'task', ...id };
+  if (segments.length === 3 && segments[2] === 'events') return { name: 'events', ...id };
+  if (segments.length === 3 && segments[2] === 'cancel') return { name: 'cancel', ...id };
+  if (segments.length === 3 && segments[2] === 'stream') return { name: 'stream', ...id };
+  if (segments.length === 3 && segments[2] === 'ack') return { name: 'ack', ...id };
   return undefined;
 }
 
 /**
  * Ids may contain '/', so clients percent-encode them (encodeURIComponent) into one segment. A segment
- * that is not valid percent-encoding decodes to '': the route still matches, and '' is refused like any
- * invalid id (400 `invalid_input`), where a throw here would have made it an unknown route (404).
+ * that is not valid percent-encoding (a cut escape, `%zz`, bytes that are not UTF-8) is `undecodable`: the
+ * route still matches, and the request is refused 400 `invalid_input` saying so (see
+ * {@link checkRouteTaskId}), where a throw here would have made it an unknown route (404). Until 7
+ * December 2026 it decoded to '', refused as "Invalid task id: must not be empty", an id the caller
+ * never sent.
  */
-function decodeTaskId(segment: string): string {
+function decodeTaskId(segment: string): TaskIdOf {
   try {
-    return decodeURIComponent(segment);
+    return { taskId: decodeURIComponent(segment) };
   } catch {
-    return '';
+    return { taskId: '', undecodable: true };
+  }
+}
+
+/** Refuses a task route whose id segment is not valid percent-encoding (400), as {@link checkTaskId} an invalid id. */
+function checkRouteTaskId(route: Route): void {
+  if ('undecodable' in route && route.undecodable === true) {
+    throw fromCode(
+      ErrorCode.InvalidInput,
+      'Invalid task id: the path segment is not valid percent-encoding (encodeURIComponent of the id)',
+    );
   }
 }
 
@@ -598,6 +617,9 @@ async function serveRoute<P extends Principal>(
   slot.release = takeRequestSlot(ctx, principal.id);
   chargeRequest(ctx, principal.id, route.name === 'list' ? listCost(url) : 1);
   const store = readsInTurn(ctx, principal.id, request);
+  // Where an invalid id is refused (once authenticated and charged, as the routes' `checkTaskId`), before
+  // any other check of the request (its body, its cursor) names a problem the caller may not have.
+  checkRouteTaskId(route);
 
   switch (route.name) {
     case 'list': {
