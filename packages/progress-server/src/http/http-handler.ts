@@ -19,7 +19,7 @@ import {
 import { idProblem, isStorableText, ofType, resolveOptions } from '@finishline/core/internal';
 import { AuthRateLimited } from '../address-auth-limits.js';
 import type { AllowedOrigins, Principal } from '../auth.js';
-import { credentialExpired, pathOf } from '../auth.js';
+import { credentialExpired, isRequestPath, pathOf } from '../auth.js';
 import type { Authenticator } from '../authenticator.js';
 import { clientError, isStoreFailure } from '../client-message.js';
 import type { AckWriter } from '../hub/ack-writer.js';
@@ -75,7 +75,9 @@ export type HttpHandler = (
 /** Options of {@link ProgressServer.httpHandler}. */
 export interface HttpHandlerOptions {
   /**
-   * Path prefix of the routes, without a trailing slash.
+   * Path prefix of the routes, without a trailing slash; of the characters a URL carries as they are, as
+   * the server's `path` (a non-ASCII character or a space percent-encoded; no query, fragment, `.` or `..`
+   * segment: refused since 7 December 2026, when they matched no request).
    * @default the server's `path` (`'/progress'` unless set), where the client's HTTP fallback looks
    */
   basePath?: string | undefined;
@@ -219,13 +221,15 @@ export function createHttpHandler<P extends Principal>(
   // A socket at the root ('/') puts the API at the root too: '' (a basePath never ends with '/').
   const basePath =
     given.basePath ?? (ctx.webSocketPath === '/' ? '' : ctx.webSocketPath) ?? HTTP_HANDLER_DEFAULTS.basePath;
+  // Of the characters a client sends as they are (see `isRequestPath`): `/api?v=1`, `/progrès` or `/a b`
+  // were accepted and matched no request, every route a 404 (or the framework's next()).
   if (
     typeof basePath !== 'string' ||
-    !(basePath === '' || (basePath.startsWith('/') && !basePath.endsWith('/')))
+    !(basePath === '' || (basePath.startsWith('/') && !basePath.endsWith('/') && isRequestPath(basePath)))
   ) {
     throw new ProgressError(
       ErrorCode.InvalidInput,
-      `httpHandler: basePath must be '' or start with '/' and not end with '/', got ${JSON.stringify(basePath)}`,
+      `httpHandler: basePath must be '' or start with '/' and not end with '/', of the characters a URL sends as they are (no query, fragment, space or non-ASCII character, unless percent-encoded) and without . or .. segments, got ${JSON.stringify(basePath)}`,
     );
   }
 
