@@ -332,7 +332,14 @@ describe('options', () => {
         );
       }
       // What clients send as they are, escapes included, is still accepted.
-      for (const basePath of ['', '/api/progress', "/a-b_c.d~e!$&'()*+,;=:@", '/progr%C3%A8s', '/v1.2']) {
+      for (const basePath of [
+        '',
+        '/api/progress',
+        "/a-b_c.d~e!$&'()*+,;=:@",
+        '/progr%C3%A8s',
+        '/v1.2',
+        '/a|b[0]^',
+      ]) {
         expect(() => server.httpHandler({ basePath }), basePath).not.toThrow();
       }
     } finally {
