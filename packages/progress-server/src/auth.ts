@@ -220,6 +220,22 @@ export function queryToken(request: IncomingMessage, name: string): string | und
 }
 
 /**
+ * Whether `path` can be the path of a request as clients send it, compared as it comes (see
+ * {@link pathOf}): only the characters a URL carries in a path as they are (RFC 3986 `pchar` and `/`, and
+ * `[ ] | ^`, which browsers and `fetch` send unescaped too, so such a path was served to them and still is),
+ * a `%` only in a `%XX` escape, and no `.` or `..` segment. A client's URL library percent-encodes any other
+ * character (`/progrès` is sent as `/progr%C3%A8s`, `/a b` as `/a%20b`), cuts the path at `?` or `#`, and
+ * removes dot segments, so a server path holding one was accepted and matched no request: every upgrade
+ * and API request was a 404. A path with escapes (`/progr%C3%A8s`) is matched as written.
+ */
+export function isRequestPath(path: string): boolean {
+  return (
+    /^(?:[A-Za-z0-9\-._~!$&'()*+,;=:@/[\]|^]|%[0-9A-Fa-f]{2})*$/.test(path) &&
+    !path.split('/').some((segment) => segment === '.' || segment === '..')
+  );
+}
+
+/**
  * The request's path without its query string. A target in absolute form (`http://host/path`, what a
  * client sends through a forward proxy, and which RFC 9112 §3.2.2 says a server must accept) is taken
  * by its path: compared whole, it matched no route (404). Parsed no further than that (no `new URL`),

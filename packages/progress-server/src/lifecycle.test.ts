@@ -316,6 +316,49 @@ describe('options', () => {
     }
   });
 
+  it('refuses a path or basePath that no request can carry as it is (a query, a fragment, a space, a non-ASCII character, a dot segment): it matched nothing', async () => {
+    const unreachable = ['/api?v=1', '/progress#x', '/a b', '/progrès', '/a/../progress', '/100%'];
+    for (const path of unreachable) {
+      expect(
+        () => new ProgressServer({ store: new MemoryProgressStore(), authenticate: noAuth, path } as never),
+        path,
+      ).toThrow(expect.objectContaining({ code: 'invalid_input' }));
+    }
+    const server = new ProgressServer({ store: new MemoryProgressStore(), authenticate: noAuth });
+    try {
+      for (const basePath of unreachable) {
+        expect(() => server.httpHandler({ basePath }), basePath).toThrow(
+          expect.objectContaining({ code: 'invalid_input', message: expect.stringContaining('basePath') }),
+        );
+      }
+      // What clients send as they are, escapes included, is still accepted.
+      for (const basePath of [
+        '',
+        '/api/progress',
+        "/a-b_c.d~e!$&'()*+,;=:@",
+        '/progr%C3%A8s',
+        '/v1.2',
+        '/a|b[0]^',
+      ]) {
+        expect(() => server.httpHandler({ basePath }), basePath).not.toThrow();
+      }
+    } finally {
+      await server.close();
+    }
+    // The escaped form is what a client sends for /progrès, and is served there.
+    const progress = await ProgressServer.listen(
+      { store: new MemoryProgressStore(), authenticate: () => ({ id: 'alice' }), path: '/progr%C3%A8s' },
+      { port: 0, host: '127.0.0.1' },
+    );
+    try {
+      const { port } = (progress.httpServer as Server).address() as AddressInfo;
+      const response = await fetch(`http://127.0.0.1:${port}/progrès/tasks`);
+      expect(response.status).toBe(200);
+    } finally {
+      await progress.close();
+    }
+  });
+
   it('refuses "null" in allowedOrigins: every sandboxed frame and file: page sends it', () => {
     expect(
       () =>

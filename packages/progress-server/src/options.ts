@@ -28,7 +28,7 @@ import type {
   AuthorizeHook,
   Principal,
 } from './auth.js';
-import { ownerOnly } from './auth.js';
+import { isRequestPath, ownerOnly } from './auth.js';
 import type { ProgressLogger } from './logger.js';
 import { guardLogger, silentLogger } from './logger.js';
 
@@ -76,7 +76,10 @@ export interface ProgressServerOptions<P extends Principal = Principal> {
   server?: HttpServer | undefined;
   /**
    * The WebSocket path on `server`, and the HTTP API's default base path. Does not end with `/`, but
-   * `'/'` itself, which puts the HTTP API at the root (base path `''`).
+   * `'/'` itself, which puts the HTTP API at the root (base path `''`). Requests are matched by their path
+   * as sent, so it holds only what a URL carries as it is: a non-ASCII character or a space
+   * percent-encoded (`'/progr%C3%A8s'` for `/progrès`), no query or fragment, no `.` or `..` segment
+   * (refused at construction since 7 December 2026: before, such a path matched no request).
    * @default '/progress'
    */
   path?: string | undefined;
@@ -544,12 +547,12 @@ const SERVER_OPTIONS = {
   // about a basePath the caller never passed.
   path: option(
     '/progress',
-    'a path starting with "/", not ending with "/" (but "/" itself), without a query',
+    'a path starting with "/", not ending with "/" (but "/" itself), of the characters a URL sends as they are (no query, fragment, space or non-ASCII character, unless percent-encoded), without . or .. segments',
     (value) =>
       typeof value === 'string' &&
       value.startsWith('/') &&
       (value === '/' || !value.endsWith('/')) &&
-      !value.includes('?'),
+      isRequestPath(value),
   ),
   wss: ofType<WebSocketServer>('a WebSocketServer', isObjectWith('on')),
   allowedOrigins: option<AllowedOrigins>(

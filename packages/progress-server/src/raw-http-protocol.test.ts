@@ -954,6 +954,60 @@ describe('HTTP API: smaller statements (doc: HTTP API, Server-Sent Events)', () 
     }
   });
 
+  it('a refusal before the body arrived: Connection: close for a body above 16 KiB or chunked, the connection kept for a smaller one', async () => {
+    const { port } = await start();
+    /** Writes `head` (and `body`), reads until `until` matches the text so far; whether the server closed. */
+    const exchange = (head: string, until: RegExp, more = '') =>
+      new Promise<{ text: string; closed: boolean }>((resolve, reject) => {
+        const socket = netConnect(port, '127.0.0.1', () => socket.write(head));
+        let text = '';
+        const timer = setTimeout(() => {
+          socket.destroy();
+          resolve({ text, closed: false });
+        }, 1_000);
+        socket.on('data', (chunk: Buffer) => {
+          text += chunk.toString();
+          // The first answer came: the rest of the body, and a second request on the same connection.
+          if (more !== '' && /\r\n\r\n\{/.test(text) && !text.includes('\0sent')) {
+            text += '\0sent';
+            socket.write(more);
+          }
+          if (until.test(text)) {
+            clearTimeout(timer);
+            socket.destroy();
+            resolve({ text, closed: false });
+          }
+        });
+        socket.on('close', () => {
+          clearTimeout(timer);
+          resolve({ text, closed: true });
+        });
+        socket.on('error', reject);
+      });
+    const post = (length: string) =>
+      `POST /progress/tasks/t/ack HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n${length}\r\n\r\n${
+        length.startsWith('Transfer') ? '4\r\n{"se\r\n' : '{"se'
+      }`;
+    // 401 before a body of 10 bytes arrived: kept alive, the rest read, the next request answered on it.
+    const small = await exchange(
+      post('Content-Length: 10'),
+      /HTTP\/1\.1 401[\s\S]*HTTP\/1\.1 401/,
+      'q":1}\r\nGET /progress/tasks HTTP/1.1\r\nHost: x\r\n\r\n',
+    );
+    expect(small.text).not.toMatch(/connection: close/i);
+    expect(small.text.match(/HTTP\/1\.1 401/g)).toHaveLength(2);
+    // A body above 16 KiB, or chunked: Connection: close, and the server closes once the answer is out.
+    for (const length of ['Content-Length: 20000', 'Transfer-Encoding: chunked']) {
+      const large = await exchange(post(length), /$^/);
+      expect([
+        length,
+        large.text.split('\r\n')[0],
+        /\r\nconnection: close\r\n/i.test(large.text),
+        large.closed,
+      ]).toEqual([length, 'HTTP/1.1 401 Unauthorized', true, true]);
+    }
+  });
+
   it('an afterSeq holding the terminal frame’s id, or the seq alone marked !, is answered 204 at the task’s end', async () => {
     const { server, store } = await start();
     const task = await server.tasks.create({ id: 't', owner: 'alice', kind: 'k' });

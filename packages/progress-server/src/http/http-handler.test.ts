@@ -578,8 +578,21 @@ describe('HTTP handler', () => {
       '/progress/tasks/%zz/events',
     ]) {
       const response = await call(path, { user: 'alice' });
-      expect(response, path).toMatchObject({ status: 400, body: { error: { code: 'invalid_input' } } });
+      // Saying what is wrong: until 7 December 2026 the segment decoded to '', "must not be empty".
+      expect(response, path).toMatchObject({
+        status: 400,
+        body: {
+          error: {
+            code: 'invalid_input',
+            message: expect.stringContaining('the path segment is not valid percent-encoding'),
+          },
+        },
+      });
     }
+    // Valid percent-encoding of an id no task can have is refused for the id, not for its encoding.
+    expect((await call('/progress/tasks/%00', { user: 'alice' })).body).toMatchObject({
+      error: { code: 'invalid_input', message: expect.not.stringContaining('percent-encoding') },
+    });
     // Not one of the API's routes whatever its id: still 404 (or the framework's next()).
     expect((await call('/progress/tasks/%E0%A4%A/elsewhere', { user: 'alice' })).status).toBe(404);
   });

@@ -19,7 +19,7 @@ import {
 import { idProblem, isStorableText, ofType, resolveOptions } from '@finishline/core/internal';
 import { AuthRateLimited } from '../address-auth-limits.js';
 import type { AllowedOrigins, Principal } from '../auth.js';
-import { credentialExpired, pathOf } from '../auth.js';
+import { credentialExpired, isRequestPath, pathOf } from '../auth.js';
 import type { Authenticator } from '../authenticator.js';
 import { clientError, isStoreFailure } from '../client-message.js';
 import type { AckWriter } from '../hub/ack-writer.js';
@@ -75,7 +75,9 @@ export type HttpHandler = (
 /** Options of {@link ProgressServer.httpHandler}. */
 export interface HttpHandlerOptions {
   /**
-   * Path prefix of the routes, without a trailing slash.
+   * Path prefix of the routes, without a trailing slash; of the characters a URL carries as they are, as
+   * the server's `path` (a non-ASCII character or a space percent-encoded; no query, fragment, `.` or `..`
+   * segment: refused since 7 December 2026, when they matched no request).
    * @default the server's `path` (`'/progress'` unless set), where the client's HTTP fallback looks
    */
   basePath?: string | undefined;
@@ -178,13 +180,19 @@ export interface HttpHandlerContext<P extends Principal> {
 /** `serve` wrote the response itself (an event stream, a preflight's answer). */
 const STREAMED = Symbol('streamed');
 
+/**
+ * A task route's id, as decoded from its path segment; `undecodable` when the segment is not valid
+ * percent-encoding (see {@link decodeTaskId}).
+ */
+type TaskIdOf = { taskId: string; undecodable?: true };
+
 type Route =
   | { name: 'list' }
-  | { name: 'task'; taskId: string }
-  | { name: 'events'; taskId: string }
-  | { name: 'cancel'; taskId: string }
-  | { name: 'stream'; taskId: string }
-  | { name: 'ack'; taskId: string };
+  | ({ name: 'task' } & TaskIdOf)
+  | ({ name: 'events' } & TaskIdOf)
+  | ({ name: 'cancel' } & TaskIdOf)
+  | ({ name: 'stream' } & TaskIdOf)
+  | ({ name: 'ack' } & TaskIdOf);
 
 const ALLOWED: Record<Route['name'], string> = {
   list: 'GET',
@@ -213,13 +221,15 @@ export function createHttpHandler<P extends Principal>(
   // A socket at the root ('/') puts the API at the root too: '' (a basePath never ends with '/').
   const basePath =
     given.basePath ?? (ctx.webSocketPath === '/' ? '' : ctx.webSocketPath) ?? HTTP_HANDLER_DEFAULTS.basePath;
+  // Of the characters a client sends as they are (see `isRequestPath`): `/api?v=1`, `/progrès` or `/a b`
+  // were accepted and matched no request, every route a 404 (or the framework's next()).
   if (
     typeof basePath !== 'string' ||
-    !(basePath === '' || (basePath.startsWith('/') && !basePath.endsWith('/')))
+    !(basePath === '' || (basePath.startsWith('/') && !basePath.endsWith('/') && isRequestPath(basePath)))
   ) {
     throw new ProgressError(
       ErrorCode.InvalidInput,
-      `httpHandler: basePath must be '' or start with '/' and not end with '/', got ${JSON.stringify(basePath)}`,
+      `httpHandler: basePath must be '' or start with '/' and not end with '/', of the characters a URL sends as they are (no query, fragment, space or non-ASCII character, unless percent-encoded) and without . or .. segments, got ${JSON.stringify(basePath)}`,
     );
   }
 
@@ -415,25 +425,38 @@ function matchRoute(path: string, basePath: string): Route | undefined {
   const segments = path.slice(basePath.length + 1).split('/');
   if (segments[0] !== 'tasks') return undefined;
   if (segments.length === 1) return { name: 'list' };
-  const taskId = decodeTaskId(segments[1] ?? '');
-  if (segments.length === 2) return { name: 'task', taskId };
-  if (segments.length === 3 && segments[2] === 'events') return { name: 'events', taskId };
-  if (segments.length === 3 && segments[2] === 'cancel') return { name: 'cancel', taskId };
-  if (segments.length === 3 && segments[2] === 'stream') return { name: 'stream', taskId };
-  if (segments.length === 3 && segments[2] === 'ack') return { name: 'ack', taskId };
+  const id = decodeTaskId(segments[1] ?? '');
+  if (segments.length === 2) return { name: 'task', ...id };
+  if (segments.length === 3 && segments[2] === 'events') return { name: 'events', ...id };
+  if (segments.length === 3 && segments[2] === 'cancel') return { name: 'cancel', ...id };
+  if (segments.length === 3 && segments[2] === 'stream') return { name: 'stream', ...id };
+  if (segments.length === 3 && segments[2] === 'ack') return { name: 'ack', ...id };
   return undefined;
 }
 
 /**
  * Ids may contain '/', so clients percent-encode them (encodeURIComponent) into one segment. A segment
- * that is not valid percent-encoding decodes to '': the route still matches, and '' is refused like any
- * invalid id (400 `invalid_input`), where a throw here would have made it an unknown route (404).
+ * that is not valid percent-encoding (a cut escape, `%zz`, bytes that are not UTF-8) is `undecodable`: the
+ * route still matches, and the request is refused 400 `invalid_input` saying so (see
+ * {@link checkRouteTaskId}), where a throw here would have made it an unknown route (404). Until 7
+ * December 2026 it decoded to '', refused as "Invalid task id: must not be empty", an id the caller
+ * never sent.
  */
-function decodeTaskId(segment: string): string {
+function decodeTaskId(segment: string): TaskIdOf {
   try {
-    return decodeURIComponent(segment);
+    return { taskId: decodeURIComponent(segment) };
   } catch {
-    return '';
+    return { taskId: '', undecodable: true };
+  }
+}
+
+/** Refuses a task route whose id segment is not valid percent-encoding (400), as {@link checkTaskId} an invalid id. */
+function checkRouteTaskId(route: Route): void {
+  if ('undecodable' in route && route.undecodable === true) {
+    throw fromCode(
+      ErrorCode.InvalidInput,
+      'Invalid task id: the path segment is not valid percent-encoding (encodeURIComponent of the id)',
+    );
   }
 }
 
@@ -598,6 +621,9 @@ async function serveRoute<P extends Principal>(
   slot.release = takeRequestSlot(ctx, principal.id);
   chargeRequest(ctx, principal.id, route.name === 'list' ? listCost(url) : 1);
   const store = readsInTurn(ctx, principal.id, request);
+  // Where an invalid id is refused (once authenticated and charged, as the routes' `checkTaskId`), before
+  // any other check of the request (its body, its cursor) names a problem the caller may not have.
+  checkRouteTaskId(route);
 
   switch (route.name) {
     case 'list': {
