@@ -241,3 +241,33 @@ describe('parseSelection', () => {
     expect(parseSelection(['b', 'a', 'b', 'a'], 4)).toEqual(['b', 'a']);
   });
 });
+
+describe('the refusal of a huge field', () => {
+  // A review on 7 December 2026: the message quoted the refused value whole, so a 1 MB label value (key,
+  // effect, node name, operation) came back as a 1 MB message, shown by the page in the operation dialog.
+  it('quotes its first 320 characters and says how long it was', async () => {
+    h = await startHarness({ app: { maxNodesPerBatch: MAX_NODES_PER_BATCH } });
+    const alice = await login(h.base, 'alice');
+    const huge = `${'v'.repeat(1_000_000)}!`;
+    for (const [field, body] of [
+      ['value', { operation: 'label_add', key: 'team', value: huge, nodes: ['worker-1'] }],
+      ['key', { operation: 'label_add', key: huge, value: 'x', nodes: ['worker-1'] }],
+      ['effect', { operation: 'taint_add', key: 'k', effect: huge, nodes: ['worker-1'] }],
+      ['nodes', { operation: 'cordon', nodes: [huge] }],
+      ['operation', { operation: huge, nodes: ['worker-1'] }],
+      ['operation', { operation: { nested: huge }, nodes: ['worker-1'] }],
+    ] as const) {
+      const res = await alice.post('/api/batch', body);
+      expect({ field, status: res.status, code: res.body?.error?.code, f: res.body?.error?.field }).toEqual({
+        field,
+        status: 400,
+        code: 'invalid_input',
+        f: field,
+      });
+      const message: string = res.body.error.message;
+      expect(message.length, field).toBeLessThan(1000);
+      expect(message).toMatch(/vvvv.*… \(10000\d\d characters\)/);
+    }
+    expect(h.cluster.node('worker-1')?.metadata.labels?.team).toBeUndefined();
+  });
+});

@@ -77,6 +77,30 @@ describe('U+0000 in a request', () => {
     expect(h.cluster.node('worker-1')?.spec.unschedulable).toBeUndefined();
   });
 
+  it('in a cordon reason, as an unpaired surrogate, is refused with 400 too: no store keeps one', async () => {
+    // Encoded as UTF-8 by both databases' drivers, a lone surrogate became U+FFFD: the batch ran and its
+    // nodes' note read "disk\uFFFD", not what was sent (the library refuses such a text in a cancel's reason).
+    const h: Harness = await startHarness();
+    cleanups.push(() => h.close());
+    const alice = await login(h.base, 'alice');
+    for (const reason of ['disk \ud800 full', 'disk \udfff', '\ud83d']) {
+      const batch = await alice.post('/api/batch', { operation: 'cordon', nodes: ['worker-1'], reason });
+      expect({ reason, status: batch.status, error: batch.body.error }).toMatchObject({
+        reason,
+        status: 400,
+        error: { code: 'invalid_input', field: 'reason' },
+      });
+    }
+    expect(h.cluster.node('worker-1')?.spec.unschedulable).toBeUndefined();
+    // A surrogate pair (an emoji) is a character like any other.
+    const ok = await alice.post('/api/batch', {
+      operation: 'cordon',
+      nodes: ['worker-1'],
+      reason: 'disk \ud83d\udca5',
+    });
+    expect(ok.status).toBe(202);
+  });
+
   it.runIf(PG_URL !== undefined)(
     'on Postgres: a cordon reason is refused, not run with its notes lost; the task list answers 400 or ignores the cursor, not 500',
     async () => {

@@ -142,6 +142,15 @@ export interface AppOptions {
    * @default 5000
    */
   evictionRetryMs?: number;
+  /**
+   * The host names the `Host` header may name (without the port; an IPv6 address without brackets); any other
+   * is refused with 403 `forbidden_host` (HTTP) or at the WebSocket upgrade. Against DNS rebinding: a web page
+   * whose name is made to resolve to 127.0.0.1 is same-origin with its own `Host`, so a server on loopback
+   * (the demo users' `demo` / `demo`, in front of `kubectl proxy`) took its sign-in and batches.
+   * The server sets `LOOPBACK_HOSTS` (config.ts) when listening on loopback (`--allowed-hosts`, `ALLOWED_HOSTS`).
+   * @default undefined (any host)
+   */
+  allowedHosts?: readonly string[] | undefined;
   /** Extra options of the Finishline server (heartbeat, leases…). */
   progress?: Partial<ProgressServerOptions<Principal>>;
   logger?: ProgressLogger;
@@ -255,6 +264,12 @@ export function createApp(options: AppOptions): App {
     throw invalidAppOption(`trustProxy must be a boolean or an integer from 0 to 10 (got ${proxyHops})`);
   if (proxyHops > 0) app.set('trust proxy', proxyHops);
   app.use(securityHeaders);
+  app.use((req: Request, res: Response, next: NextFunction) => {
+    if (hostAllowed(req)) return next();
+    res.status(403).json({
+      error: { code: 'forbidden_host', message: 'this server is not served under that host name' },
+    });
+  });
   const server = http.createServer(app);
   // The HTTP requests in progress, which the shutdown lets finish before the caller closes the database.
   let requestsInFlight = 0;
@@ -298,9 +313,16 @@ export function createApp(options: AppOptions): App {
     if (proxyHops > 0 && forwarded !== undefined && forwarded !== '') return forwarded === 'https';
     return (req.socket as { encrypted?: boolean } | undefined)?.encrypted === true;
   });
+  const hostAllowed = hostRule(config.allowedHosts);
+  const sameOriginRule = sameOrigin({ trustProxy: proxyHops > 0 });
+  // A request to a host not allowed (DNS rebinding) is of no origin of ours, whatever its Origin says.
+  // (HTTP requests are refused below before any route; this is for the WebSocket upgrade. A listed origin is
+  // never the rebinding page's own.)
   const allowedOrigins = Array.isArray(config.allowedOrigins)
     ? config.allowedOrigins
-    : sameOrigin({ trustProxy: proxyHops > 0 });
+    : config.allowedHosts === undefined
+      ? sameOriginRule
+      : (origin: string, req: http.IncomingMessage) => hostAllowed(req) && sameOriginRule(origin, req);
   const progress = new ProgressServer<Principal>({
     // The client address of the library's limit on failed authentications (`/progress` requests and upgrades
     // without a valid cookie), as the login throttle takes it: behind the proxies `trustProxy` counts, every
@@ -537,6 +559,34 @@ export function createApp(options: AppOptions): App {
       server.closeAllConnections();
       await listenerClosed;
     },
+  };
+}
+
+/**
+ * Whether a request's `Host` names one of `allowed` (any, without a list). 127.0.0.0/8 counts as `127.0.0.1`.
+ * A missing or unparsable `Host` is refused when there is a list.
+ */
+function hostRule(allowed: readonly string[] | undefined): (req: http.IncomingMessage) => boolean {
+  if (allowed === undefined) return () => true;
+  const names = new Set(
+    allowed.map((h) =>
+      h
+        .trim()
+        .toLowerCase()
+        .replace(/^\[(.*)\]$/, '$1'),
+    ),
+  );
+  return (req) => {
+    const host = req.headers.host;
+    if (host === undefined || host === '') return false;
+    let name: string;
+    try {
+      name = new URL(`http://${host}`).hostname.replace(/^\[(.*)\]$/, '$1');
+    } catch {
+      return false;
+    }
+    if (names.has(name)) return true;
+    return names.has('127.0.0.1') && /^127(\.\d{1,3}){3}$/.test(name);
   };
 }
 

@@ -1,5 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { isIPv6 } from 'node:net';
 import path from 'node:path';
 import { type ParseArgsConfig, parseArgs } from 'node:util';
 import { KUBE_NODES_DEFAULTS, type KubeSource } from './kube-nodes.js';
@@ -34,6 +35,8 @@ export interface Config {
   /** The secret a trusted proxy sends in `X-Knm-Proxy-Auth`; without it its X-Forwarded-* are dropped. */
   proxySecret: string | undefined;
   allowedOrigins: 'same-origin' | string[];
+  /** The host names the `Host` header may name; `undefined`: any (see `AppOptions.allowedHosts`). */
+  allowedHosts: string[] | undefined;
   /** A name for this process in logs (replicas). */
   name: string;
 }
@@ -69,6 +72,8 @@ export const USAGE = `Usage: node dist/server.mjs [options]
   --trust-proxy-hops N     the same behind N proxies in a row (TRUST_PROXY_HOPS; the replica launcher
                            gives its replicas 1, or 2 with --trust-proxy)
   --allowed-origins LIST   comma-separated origins (ALLOWED_ORIGINS; default same-origin)
+  --allowed-hosts LIST     comma-separated host names the Host header may name, or * for any (ALLOWED_HOSTS;
+                           default: localhost, 127.0.0.1 and ::1 when --host is loopback, else any)
   SESSION_SECRET           cookie signing secret (default: generated into DATA_DIR/session-secret)
   PROXY_SECRET             believe X-Forwarded-* only on requests whose X-Knm-Proxy-Auth header is this
                            (at least 16 characters; the replica launcher gives its replicas and its proxy one)
@@ -100,6 +105,7 @@ export const SERVER_OPTIONS = {
   'trust-proxy': { type: 'boolean' },
   'trust-proxy-hops': { type: 'string' },
   'allowed-origins': { type: 'string' },
+  'allowed-hosts': { type: 'string' },
   name: { type: 'string' },
 } as const satisfies NonNullable<ParseArgsConfig['options']>;
 
@@ -252,8 +258,31 @@ export function loadConfig(
           .map((o) => o.trim())
           .filter(Boolean)
       : 'same-origin',
+    allowedHosts: allowedHostsFlag(values['allowed-hosts'] ?? env.ALLOWED_HOSTS, host),
     name: values.name ?? env.REPLICA_NAME ?? 'kube-node-mgr',
   };
+}
+
+/**
+ * `--allowed-hosts` / `ALLOWED_HOSTS`: `*` any host; a list, those names; unset, the loopback names when the
+ * server listens on loopback (reached from this machine only, so by a loopback name — or by a DNS-rebinding
+ * page's name, which this refuses: until 7 December 2026 a web page whose name was made to resolve to
+ * 127.0.0.1 was same-origin with the server, signed in as `demo` / `demo` and ran batches), else any.
+ */
+export function allowedHostsFlag(value: string | undefined, host: string): string[] | undefined {
+  if (value === undefined || value.trim() === '') return isLoopback(host) ? [...LOOPBACK_HOSTS] : undefined;
+  if (value.trim() === '*') return undefined;
+  const names = value
+    .split(',')
+    .map((h) => h.trim())
+    .filter(Boolean);
+  for (const name of names) {
+    if (!isIPv6(name.replace(/^\[(.*)\]$/, '$1')) && !/^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$/i.test(name))
+      throw new Error(
+        `--allowed-hosts (ALLOWED_HOSTS) must be * or comma-separated host names without a port (got "${name}")`,
+      );
+  }
+  return names;
 }
 
 /**
@@ -274,8 +303,13 @@ export function assertDemoUsersStayLocal(
   );
 }
 
+/**
+ * The host names of a server listening on loopback: `localhost`, `127.0.0.1` (with all of 127.0.0.0/8) and `::1`.
+ */
+export const LOOPBACK_HOSTS: readonly string[] = Object.freeze(['localhost', '127.0.0.1', '::1']);
+
 /** `localhost`, `::1` and 127.0.0.0/8: reachable from this machine only. */
-function isLoopback(host: string): boolean {
+export function isLoopback(host: string): boolean {
   return host === 'localhost' || host === '::1' || /^127(\.\d{1,3}){3}$/.test(host);
 }
 

@@ -112,15 +112,37 @@ export class LoginThrottle {
     const byAddress = this.#entry(addressKey(address), now);
     byAccount.inFlight = Math.max(0, byAccount.inFlight - 1);
     byAddress.inFlight = Math.max(0, byAddress.inFlight - 1);
-    if (ok === null) return;
+    if (ok === false) {
+      this.#bump(accountKey(account), this.#options.accountFreeFailures, now);
+      this.#bump(addressKey(address), this.#options.addressFreeFailures, now);
+      return;
+    }
     if (ok) {
       // Not the address's count: one valid account must not launder guesses at others.
       byAccount.failures = 0;
       byAccount.lockedUntil = 0;
-      return;
     }
-    this.#bump(accountKey(account), this.#options.accountFreeFailures, now);
-    this.#bump(addressKey(address), this.#options.addressFreeFailures, now);
+    this.#forgetIfBlank(accountKey(account), byAccount);
+    this.#forgetIfBlank(addressKey(address), byAddress);
+  }
+
+  /**
+   * Accounts and addresses remembered: at most `maxEntries`, plus those with an attempt in flight.
+   */
+  get size(): number {
+    return this.#entries.size;
+  }
+
+  /**
+   * Forgets an entry with no failure and no attempt in flight: it holds nothing {@link begin} would act on.
+   * Kept, the entries of attempts that ended without a failure (a success, a login refused `login_busy`
+   * before its hash) were never forgotten — only a failure's {@link #bump} trims to `maxEntries` — so a
+   * flood of logins with a new username each, refused while the hash queue was full, grew the map without
+   * bound (a few hundred bytes per request, no hash spent).
+   */
+  #forgetIfBlank(key: string, entry: Entry): void {
+    if (entry.inFlight === 0 && entry.failures === 0 && this.#entries.get(key) === entry)
+      this.#entries.delete(key);
   }
 
   #entry(key: string, now: number): Entry {

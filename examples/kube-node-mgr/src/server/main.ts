@@ -104,6 +104,7 @@ async function main(): Promise<void> {
     trustProxy: config.trustProxy,
     ...(config.proxySecret === undefined ? {} : { proxySecret: config.proxySecret }),
     allowedOrigins: config.allowedOrigins,
+    allowedHosts: config.allowedHosts,
     logger,
   });
   await new Promise<void>((resolve, reject) => {

@@ -101,6 +101,27 @@ export class BadRequestError extends Error {
   }
 }
 
+/**
+ * Most characters of a refused value a message quotes: more than the longest qualified name (253 + 1 + 63), so a
+ * key or node name a little too long is still quoted whole.
+ */
+const QUOTED_CHARS = 320;
+
+/**
+ * A refused value as a message quotes it: JSON, its first {@link QUOTED_CHARS} characters and how long it was.
+ * Quoted whole, a 1 MB label value (or node name, or effect) came back as a 1 MB message, which the page shows
+ * in the operation dialog.
+ */
+export function quoted(value: unknown): string {
+  if (typeof value === 'string') {
+    return value.length <= QUOTED_CHARS
+      ? JSON.stringify(value)
+      : `${JSON.stringify(value.slice(0, QUOTED_CHARS))}… (${value.length} characters)`;
+  }
+  const json = JSON.stringify(value) ?? String(value);
+  return json.length <= QUOTED_CHARS ? json : `${json.slice(0, QUOTED_CHARS)}… (${json.length} characters)`;
+}
+
 function str(body: Record<string, unknown>, field: string, required: boolean): string | undefined {
   const value = body[field];
   if (value === undefined || value === null || (value === '' && !required)) {
@@ -117,7 +138,7 @@ function effectOf(body: Record<string, unknown>, required: boolean): TaintEffect
   if (!(TAINT_EFFECTS as readonly string[]).includes(effect)) {
     throw new BadRequestError(
       'effect',
-      `effect must be one of ${TAINT_EFFECTS.join(', ')} (got "${effect}")`,
+      `effect must be one of ${TAINT_EFFECTS.join(', ')} (got ${quoted(effect)})`,
     );
   }
   return effect as TaintEffect;
@@ -126,7 +147,7 @@ function effectOf(body: Record<string, unknown>, required: boolean): TaintEffect
 function keyField(body: Record<string, unknown>, what: string): string {
   const key = str(body, 'key', true) ?? '';
   const problem = qualifiedNameError(key);
-  if (problem !== null) throw new BadRequestError('key', `invalid ${what} key "${key}": ${problem}`);
+  if (problem !== null) throw new BadRequestError('key', `invalid ${what} key ${quoted(key)}: ${problem}`);
   return key;
 }
 
@@ -134,7 +155,8 @@ function valueField(body: Record<string, unknown>, what: string, required: boole
   const value = required ? (str(body, 'value', false) ?? '') : str(body, 'value', false);
   if (value === undefined) return undefined;
   const problem = labelValueError(value);
-  if (problem !== null) throw new BadRequestError('value', `invalid ${what} value "${value}": ${problem}`);
+  if (problem !== null)
+    throw new BadRequestError('value', `invalid ${what} value ${quoted(value)}: ${problem}`);
   return value;
 }
 
@@ -166,7 +188,7 @@ export function parseOperation(body: unknown): Operation {
     default:
       throw new BadRequestError(
         'operation',
-        `operation must be one of ${Object.keys(OPERATION_KIND).join(', ')} (got ${JSON.stringify(type ?? null)})`,
+        `operation must be one of ${Object.keys(OPERATION_KIND).join(', ')} (got ${quoted(type ?? null)})`,
       );
   }
 }
@@ -181,7 +203,7 @@ export function parseSelection(value: unknown, max: number): string[] {
   for (const name of value) {
     const problem = typeof name === 'string' ? nodeNameError(name) : 'must be a string';
     if (problem !== null) {
-      throw new BadRequestError('nodes', `invalid node name ${JSON.stringify(name)}: ${problem}`);
+      throw new BadRequestError('nodes', `invalid node name ${quoted(name)}: ${problem}`);
     }
     names.add(name);
   }

@@ -2,6 +2,7 @@ import { type ChildProcess, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import net from 'node:net';
 import { startEmbeddedPostgres as startRepoEmbeddedPostgres } from '../../../../scripts/embedded-postgres.mjs';
+import { isLoopback } from './config.js';
 import type { DemoCluster, DemoClusterOptions } from './demo-cluster.js';
 import { type ProxyOptions, RoundRobinProxy } from './round-robin-proxy.js';
 
@@ -219,7 +220,16 @@ export async function startReplicaSet(options: ReplicaSetOptions): Promise<Repli
           ...(options.serverArgs ?? []),
         ],
         // The URL holds the password: in the environment, not on the command line every user sees in `ps`.
-        env: { SESSION_SECRET: secret, DATABASE_URL: databaseUrl, PROXY_SECRET: proxySecret },
+        env: {
+          SESSION_SECRET: secret,
+          DATABASE_URL: databaseUrl,
+          PROXY_SECRET: proxySecret,
+          // The replicas listen on loopback, but are reached by the proxy's host name, which they check (the
+          // proxy passes Host through): any, as for a server listening there, unless ALLOWED_HOSTS says.
+          ...(process.env.ALLOWED_HOSTS === undefined && !isLoopback(options.host ?? '127.0.0.1')
+            ? { ALLOWED_HOSTS: '*' }
+            : {}),
+        },
         ...(options.onOutput === undefined ? {} : { onOutput: options.onOutput }),
       });
       replicas.push(replica);

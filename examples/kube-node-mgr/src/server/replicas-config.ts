@@ -1,5 +1,6 @@
 import { parseArgs } from 'node:util';
 import {
+  allowedHostsFlag,
   assertDemoUsersStayLocal,
   databaseUrlFlag,
   intFlag,
@@ -61,6 +62,7 @@ const PASSED_ON = [
   'lease-ttl-ms',
   'static-dir',
   'allowed-origins',
+  'allowed-hosts',
 ] as const;
 
 /** Reads the launcher's configuration; throws with a clear message on unknown flags or bad values. */
@@ -95,6 +97,7 @@ export function loadReplicasConfig(argv: string[], env: NodeJS.ProcessEnv): Repl
   intFlag('--concurrency', values.concurrency, 4, 1, 1000);
   intFlag('--kube-timeout-ms', values['kube-timeout-ms'], 1, 1, MAX_TIMER_MS);
   intFlag('--lease-ttl-ms', values['lease-ttl-ms'], 15_000, 300, 86_400_000);
+  allowedHostsFlag(values['allowed-hosts'], '127.0.0.1');
   // The replicas' hops are the launcher's to set: its own proxy is always one of them.
   if (values['trust-proxy-hops'] !== undefined)
     throw new Error('--trust-proxy-hops: the launcher sets it for its replicas; give --trust-proxy instead');

@@ -910,6 +910,9 @@ function alreadyRerun(
   };
 }
 
+/** A UTF-16 surrogate without its pair. */
+const UNPAIRED_SURROGATE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/;
+
 /**
  * The optional free-text reason of a cordon (shown per node). Refused with U+0000, which Postgres cannot
  * store in text: the batch was started all the same, cordoning its nodes, and every note of it failed to
@@ -920,6 +923,9 @@ function parseReason(value: unknown): string | undefined {
   if (typeof value !== 'string') throw new BadRequestError('reason', 'reason must be a string');
   if (value.length > 500) throw new BadRequestError('reason', 'reason must be at most 500 characters');
   if (value.includes('\u0000')) throw new BadRequestError('reason', 'reason must not contain U+0000');
+  // Neither database keeps one: their drivers encode it as U+FFFD, and the note read back was not the one sent.
+  if (UNPAIRED_SURROGATE.test(value))
+    throw new BadRequestError('reason', 'reason must not contain an unpaired surrogate (invalid UTF-16)');
   return value;
 }
 

@@ -1,0 +1,111 @@
+// biome-ignore-all lint/suspicious/noExplicitAny: JSON bodies of API responses, checked by the assertions.
+/**
+ * DNS rebinding: a web page whose host name the attacker makes resolve to 127.0.0.1 reaches a server
+ * listening on loopback, and is same-origin with it by its own `Host` (the Origin check compares the two). With
+ * the demo users (`demo` / `demo`, an admin: the server prints them), in front of `kubectl proxy` on loopback
+ * (`--kube-server`), any page the operator opened could sign in and run batches on the cluster. The server
+ * listening on loopback now answers only to the loopback names.
+ */
+import http from 'node:http';
+import { afterEach, describe, expect, it } from 'vitest';
+import { allowedHostsFlag, LOOPBACK_HOSTS } from '../src/server/config.js';
+import { type Harness, login, startHarness, upgradeStatus } from './harness.js';
+
+let h: Harness | undefined;
+afterEach(async () => {
+  await h?.close();
+  h = undefined;
+});
+
+/** A raw request with its own Host header (fetch does not send one but the URL's). */
+function request(
+  base: string,
+  method: string,
+  path: string,
+  headers: Record<string, string>,
+  body?: unknown,
+): Promise<{ status: number; body: any }> {
+  return new Promise((resolve, reject) => {
+    const req = http.request(`${base}${path}`, { method, headers }, (res) => {
+      let text = '';
+      res.setEncoding('utf8');
+      res.on('data', (chunk: string) => {
+        text += chunk;
+      });
+      res.on('end', () => {
+        let parsed: unknown = text;
+        try {
+          parsed = JSON.parse(text);
+        } catch {}
+        resolve({ status: res.statusCode ?? 0, body: parsed });
+      });
+    });
+    req.on('error', reject);
+    req.end(body === undefined ? undefined : JSON.stringify(body));
+  });
+}
+
+describe('a server on loopback and a DNS-rebinding page', () => {
+  it('refuses another host name: sign-in, pages, the API and the WebSocket upgrade', async () => {
+    // What the server sets when listening on loopback (LOOPBACK_HOSTS, checked below).
+    h = await startHarness({ app: { allowedHosts: ['localhost', '127.0.0.1', '::1'] } });
+    const port = new URL(h.base).port;
+    const evil = {
+      host: `rebind.attacker.example:${port}`,
+      origin: `http://rebind.attacker.example:${port}`,
+    };
+    const signIn = await request(
+      h.base,
+      'POST',
+      '/api/login',
+      { ...evil, 'content-type': 'application/json' },
+      { username: 'ada', password: 'ada' },
+    );
+    expect(signIn).toMatchObject({ status: 403, body: { error: { code: 'forbidden_host' } } });
+    // A session of the loopback name's, replayed under the other name (a token leaked to that page).
+    const ada = await login(h.base, 'ada');
+    const batch = await request(
+      h.base,
+      'POST',
+      '/api/batch',
+      { ...evil, cookie: ada.cookie, 'x-csrf-token': ada.csrf, 'content-type': 'application/json' },
+      { operation: 'cordon', nodes: ['worker-1'] },
+    );
+    expect(batch.status).toBe(403);
+    expect(h.cluster.node('worker-1')?.spec.unschedulable).toBeUndefined();
+    expect((await request(h.base, 'GET', '/api/nodes', { ...evil, cookie: ada.cookie })).status).toBe(403);
+    expect((await request(h.base, 'GET', '/progress/tasks', { ...evil, cookie: ada.cookie })).status).toBe(
+      403,
+    );
+    expect(await upgradeStatus(h.base, { ...evil, cookie: ada.cookie })).not.toBe(101);
+    // The loopback names are served.
+    for (const name of ['localhost', '127.0.0.1', '127.0.0.2', '[::1]', 'LOCALHOST']) {
+      const own = { host: `${name}:${port}`, origin: `http://${name}:${port}` };
+      const ok = await request(
+        h.base,
+        'POST',
+        '/api/login',
+        { ...own, 'content-type': 'application/json' },
+        { username: 'ada', password: 'ada' },
+      );
+      expect({ name, status: ok.status }).toEqual({ name, status: 200 });
+      expect(await upgradeStatus(h.base, { ...own, cookie: ada.cookie })).toBe(101);
+    }
+  });
+
+  it('ALLOWED_HOSTS: the loopback names by default on loopback, any elsewhere, a list, or *', () => {
+    expect(LOOPBACK_HOSTS).toEqual(['localhost', '127.0.0.1', '::1']);
+    expect(allowedHostsFlag(undefined, '127.0.0.1')).toEqual(['localhost', '127.0.0.1', '::1']);
+    expect(allowedHostsFlag(undefined, 'localhost')).toEqual(['localhost', '127.0.0.1', '::1']);
+    expect(allowedHostsFlag('', '::1')).toEqual(['localhost', '127.0.0.1', '::1']);
+    expect(allowedHostsFlag(undefined, '0.0.0.0')).toBeUndefined();
+    expect(allowedHostsFlag('*', '127.0.0.1')).toBeUndefined();
+    expect(allowedHostsFlag('knm.example.com, localhost', '127.0.0.1')).toEqual([
+      'knm.example.com',
+      'localhost',
+    ]);
+    expect(allowedHostsFlag('[::1],fd00::1', 'localhost')).toEqual(['[::1]', 'fd00::1']);
+    expect(() => allowedHostsFlag('knm.example.com:3000', '127.0.0.1')).toThrow(/--allowed-hosts/);
+    expect(() => allowedHostsFlag('cafe.be:3000', '127.0.0.1')).toThrow(/--allowed-hosts/);
+  });
+});
