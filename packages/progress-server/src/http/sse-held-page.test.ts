@@ -44,20 +44,7 @@ class WatchedStore extends MemoryProgressStore {
 // Found by measurement (7 December 2026): the whole rest of the page stayed held, a page of 1,000 events
 // of 16 KiB items (some 20 MB) per stalled stream, 100 streams of one principal at once.
 it('holds at most MAX_HELD_BYTES of a page for a reader that stopped reading, and still delivers every event', async () => {
-  const store = new WatchedStore();
-  env = await startServer({ store, sseStallTimeoutMs: 60_000 });
-  const task = await env.server.tasks.create({ owner: 'alice', kind: 'k' });
-  const detail = 'x'.repeat(16_000);
-  for (let item = 1; item <= 1001; item++) await task.item({ key: `k${item}`, ok: true, detail });
-
-  // A resume 1,000 events back: one page of 1,000 events read from the store for this stream.
-  const stream = await pausedStream(env.httpUrl, task.id);
-  // The server writes until the connection's buffers are full, then holds the rest.
-  await sleep(1000);
-  gc();
-  await sleep(10);
-  gc();
-  expect(store.read.length).toBeGreaterThanOrEqual(1000);
+  const { store, stream, task } = await stalledStreamOf1001Items({});
   // The hub keeps a task's latest events (up to 512, hub/recent-events.ts), these among them, for every
   // reader of the task alike: counted are the page's first 448, which only this stream can be holding.
   const alive = store.read.filter(({ seq, ref }) => seq < 450 && ref.deref() !== undefined).length;
@@ -70,6 +57,27 @@ it('holds at most MAX_HELD_BYTES of a page for a reader that stopped reading, an
   expect(keys).toEqual(Array.from({ length: 1000 }, (_, i) => `k${i + 2}`));
   expect(text).toContain('"completed"');
 }, 30_000);
+
+/**
+ * A server with `options` on a {@link WatchedStore}, a task of 1,001 items of 16 KiB, and a stream of it
+ * resumed 1,000 events back whose reader reads nothing: one page of 1,000 events read from the store for
+ * it. The server writes until the connection's buffers are full, then holds the rest; garbage is
+ * collected before this returns, so what is still alive is what the stream and the hub pin.
+ */
+async function stalledStreamOf1001Items(options: Parameters<typeof startServer>[0]) {
+  const store = new WatchedStore();
+  env = await startServer({ store, sseStallTimeoutMs: 60_000, ...options });
+  const task = await env.server.tasks.create({ owner: 'alice', kind: 'k' });
+  const detail = 'x'.repeat(16_000);
+  for (let item = 1; item <= 1001; item++) await task.item({ key: `k${item}`, ok: true, detail });
+  const stream = await pausedStream(env.httpUrl, task.id);
+  await sleep(1000);
+  gc();
+  await sleep(10);
+  gc();
+  expect(store.read.length).toBeGreaterThanOrEqual(1000);
+  return { store, stream, task, server: env.server };
+}
 
 /** A stream of `taskId` resumed after its seq 1 for alice, paused at once: its reader reads nothing. */
 async function pausedStream(url: string, taskId: string) {
@@ -121,24 +129,13 @@ async function pausedStream(url: string, taskId: string) {
 it.each(['maxQueuedBytesPerPrincipal', 'maxQueuedBytesTotal'] as const)(
   'counts the page a stalled stream holds in %s',
   async (bound) => {
-    const store = new WatchedStore();
     const budget = 512 * 1024;
-    env = await startServer({ store, sseStallTimeoutMs: 60_000, [bound]: budget });
-    const task = await env.server.tasks.create({ owner: 'alice', kind: 'k' });
-    const detail = 'x'.repeat(16_000);
-    for (let item = 1; item <= 1001; item++) await task.item({ key: `k${item}`, ok: true, detail });
-
-    const stream = await pausedStream(env.httpUrl, task.id);
-    await sleep(1000);
-    gc();
-    await sleep(10);
-    gc();
-    expect(store.read.length).toBeGreaterThanOrEqual(1000);
+    const { store, stream, task, server } = await stalledStreamOf1001Items({ [bound]: budget });
     // The events of the store's reads still alive: what this reader pins, its held page and what the hub
     // keeps of the task it follows for it. Before the fix 277 of them (4.4 MB), against a 512 KiB budget.
     const alive = store.read.filter(({ ref }) => ref.deref() !== undefined).length;
     expect(alive * 16_000).toBeLessThanOrEqual(budget);
-    const { values } = await env.server.metrics.sseStreamsClosed.get();
+    const { values } = await server.metrics.sseStreamsClosed.get();
     expect(values.map((value) => [value.labels.reason, value.value])).toEqual([['max_queued_bytes', 1]]);
 
     // Ended (destroyed, as a stalled one is: what its buffers held may be lost with the connection), never
