@@ -96,12 +96,13 @@ export class TaskApi {
   readonly #host: TaskHost;
   /** Every handle's control, for as long as the caller keeps the handle. */
   readonly #controls = new WeakMap<TaskHandle, TaskHandleControl>();
-  /** This server's appends in flight, per task. */
-  readonly #appending = new Map<string, number>();
+  /**
+   * This server's appends in flight, per task (a batch's, a hand-driven handle's, `cancel`'s): the feed
+   * listener leaves a terminal change of the task to them, and shutdown lets them settle.
+   */
+  readonly #appending = new Map<string, Set<Promise<TaskEvent>>>();
   /** Owned tasks whose terminal change the feed reported while one of those appends was in flight. */
   readonly #terminalWhileAppending = new Set<string>();
-  /** The handles' appends in flight (a batch's and a hand-driven task's alike): shutdown lets them settle. */
-  readonly #handleAppends = new Set<Promise<unknown>>();
   #stopFeed: Unsubscribe | undefined;
   #closing = false;
 
@@ -123,13 +124,7 @@ export class TaskApi {
     this.#logger = options.logger;
     this.#metrics = options.metrics;
     this.#host = {
-      append: (handle, run, input) => {
-        const append = this.#append(handle.id, input, { handle, run });
-        this.#handleAppends.add(append);
-        const settled = () => this.#handleAppends.delete(append);
-        append.then(settled, settled);
-        return append;
-      },
+      append: (handle, run, input) => this.#append(handle.id, input, { handle, run }),
       abandon: (taskId, run) => this.#leases.remove(taskId, run),
       trackBatch: (batch) => {
         this.#batches.add(batch);
@@ -307,7 +302,7 @@ export class TaskApi {
   }
 
   /**
-   * @internal Graceful shutdown: signals every owned task, waits for batches and for the handles' appends
+   * @internal Graceful shutdown: signals every owned task, waits for batches and for this server's appends
    * in flight until `batchDeadline`, then interrupts the owned tasks still running, giving up at `deadline` (epoch ms of the real clock).
    *
    * A task that cannot be interrupted (store down) keeps its lease on purpose: releasing it would exempt
@@ -321,7 +316,7 @@ export class TaskApi {
     // its own `complete()`, or the end it wrote on seeing its signal abort) settle first. Sent beside them,
     // the interrupt could commit first: close() returned, then they were refused `task_finished` and a
     // task whose worker had completed it ended `interrupted`.
-    await this.#handleAppendsSettled(batchDeadline);
+    await this.#appendsSettled(batchDeadline);
     const unanswered = new Set<string>();
     const interrupts = [...this.#owned.values()].map(({ handle }) => {
       unanswered.add(handle.id);
@@ -341,12 +336,13 @@ export class TaskApi {
   }
 
   /**
-   * Resolves once no append of a handle is in flight (appends sent meanwhile included), or at `deadline`
-   * (epoch ms). Leaves no timer behind, nor a loop that outlives the deadline.
+   * Resolves once no append is in flight (appends sent meanwhile included), or at `deadline` (epoch ms).
+   * Leaves no timer behind, nor a loop that outlives the deadline.
    */
-  async #handleAppendsSettled(deadline: number): Promise<void> {
-    while (this.#handleAppends.size > 0 && Date.now() < deadline) {
-      await waitAtMost(Promise.allSettled([...this.#handleAppends]), deadline - Date.now());
+  async #appendsSettled(deadline: number): Promise<void> {
+    while (this.#appending.size > 0 && Date.now() < deadline) {
+      const appends = [...this.#appending.values()].flatMap((inFlight) => [...inFlight]);
+      await waitAtMost(Promise.allSettled(appends), deadline - Date.now());
     }
   }
 
@@ -373,13 +369,13 @@ export class TaskApi {
     }
   }
 
-  async #append(taskId: string, input: AppendInput, fence?: AppendFence): Promise<TaskEvent> {
-    this.#appending.set(taskId, (this.#appending.get(taskId) ?? 0) + 1);
-    try {
-      return await this.#appendOnce(taskId, input, fence);
-    } finally {
-      this.#appendSettled(taskId);
-    }
+  #append(taskId: string, input: AppendInput, fence?: AppendFence): Promise<TaskEvent> {
+    // Listed before the store is called: a store may publish the commit before its append() returns.
+    const inFlight = this.#appending.get(taskId) ?? new Set<Promise<TaskEvent>>();
+    this.#appending.set(taskId, inFlight);
+    const append = this.#appendOnce(taskId, input, fence).finally(() => this.#appendSettled(taskId, append));
+    inFlight.add(append);
+    return append;
   }
 
   /**
@@ -387,12 +383,10 @@ export class TaskApi {
    * meanwhile that did not end the handle (it came from elsewhere, committed after this server's last
    * append, or that append failed) is handled as the feed listener would have.
    */
-  #appendSettled(taskId: string): void {
-    const left = (this.#appending.get(taskId) ?? 1) - 1;
-    if (left > 0) {
-      this.#appending.set(taskId, left);
-      return;
-    }
+  #appendSettled(taskId: string, append: Promise<TaskEvent>): void {
+    const inFlight = this.#appending.get(taskId);
+    inFlight?.delete(append);
+    if (inFlight !== undefined && inFlight.size > 0) return;
     this.#appending.delete(taskId);
     if (!this.#terminalWhileAppending.delete(taskId)) return;
     const owned = this.#owned.get(taskId);
