@@ -6,24 +6,31 @@
 import type { TaskEvent } from '@finishline/core';
 import { encodeFrame } from '@finishline/core/internal';
 
+/** An event's frame text, and its UTF-8 size once a byte bound weighed it. */
+interface Frame {
+  readonly text: string;
+  bytes: number | undefined;
+}
+
 /**
  * The encoded `event` frame of each event, computed once per process. The task hub hands the same
  * (immutable) event object to every local subscriber, so a task watched by a thousand sockets costs one
- * `JSON.stringify` per event instead of a thousand. A WeakMap lets the text go with the event.
+ * `JSON.stringify` per event instead of a thousand. A WeakMap lets the frame go with the event.
  */
-const texts = new WeakMap<TaskEvent, string>();
+const frames = new WeakMap<TaskEvent, Frame>();
 
-/** The UTF-8 size of each event's frame text, measured the first time a byte bound weighs it. */
-const sizes = new WeakMap<TaskEvent, number>();
+function frameOf(event: TaskEvent): Frame {
+  let frame = frames.get(event);
+  if (frame === undefined) {
+    frame = { text: encodeFrame({ type: 'event', event }), bytes: undefined };
+    frames.set(event, frame);
+  }
+  return frame;
+}
 
 /** The JSON text of `{ type: 'event', event }`. */
 export function eventFrameText(event: TaskEvent): string {
-  let text = texts.get(event);
-  if (text === undefined) {
-    text = encodeFrame({ type: 'event', event });
-    texts.set(event, text);
-  }
-  return text;
+  return frameOf(event).text;
 }
 
 /**
@@ -35,10 +42,7 @@ export function eventFrameText(event: TaskEvent): string {
  * that queues or sends it; the live path that writes an event at once does not weigh it at all.
  */
 export function eventFrameBytes(event: TaskEvent): number {
-  let size = sizes.get(event);
-  if (size === undefined) {
-    size = Buffer.byteLength(eventFrameText(event), 'utf8');
-    sizes.set(event, size);
-  }
-  return size;
+  const frame = frameOf(event);
+  frame.bytes ??= Buffer.byteLength(frame.text, 'utf8');
+  return frame.bytes;
 }
