@@ -453,13 +453,6 @@ function toFailure(error: TaskFailure | Error | string): TaskFailure {
 }
 
 /**
- * Clips `input[field]` to `max` and makes it storable when it is a string; anything else is left for the
- * store to refuse. Why: a handle's texts come from catch blocks and tools (`String(error)` of a kubectl
- * failure runs past 4,096 characters, binary output holds U+0000). Refused `invalid_input`, the call in
- * a catch block threw in turn, the loop never reached `complete()`, and the task stayed running under a
- * lease its live server kept renewing: no watcher saw it end. `runBatch` and `fail()` already clipped.
- */
-/**
  * The refusal of an update the handle could not read: copying it ran the caller's code (a getter, a `Proxy`)
  * and that threw. A rejection, as every other refusal of these methods: they threw it synchronously, out of a
  * call whose caller awaits a promise (`.catch()` chained on it never ran).
@@ -472,6 +465,13 @@ function unreadable(error: unknown): Promise<never> {
   );
 }
 
+/**
+ * Clips `input[field]` to `max` and makes it storable when it is a string; anything else is left for the
+ * store to refuse. Why: a handle's texts come from catch blocks and tools (`String(error)` of a kubectl
+ * failure runs past 4,096 characters, binary output holds U+0000). Refused `invalid_input`, the call in
+ * a catch block threw in turn, the loop never reached `complete()`, and the task stayed running under a
+ * lease its live server kept renewing: no watcher saw it end. `runBatch` and `fail()` already clipped.
+ */
 function clipText<T extends object>(input: T, field: keyof T & string, max: number): void {
   const value = input[field];
   if (typeof value === 'string') (input as Record<string, unknown>)[field] = clip(value, max);
