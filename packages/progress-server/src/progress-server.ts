@@ -39,7 +39,7 @@ import { waitAtMost } from './wait.js';
 export interface CloseOptions {
   /**
    * Longest time the shutdown may take, in milliseconds. Three quarters of it are for running batches to
-   * stop by themselves and for the appends in flight of tasks driven by hand to settle; then the tasks still running are interrupted, queued frames are flushed and the
+   * stop by themselves and for this server's appends in flight (a hand-driven task's, a `cancel()`'s) to settle; then the tasks still running are interrupted, queued frames are flushed and the
    * sockets closed with 1001; whatever is left at the deadline is terminated. An integer from 0 to
    * 2^31 - 1 (about 24.8 days, the longest a timer waits); another value rejects with `invalid_input`.
    * @default 5000
@@ -522,8 +522,8 @@ export class ProgressServer<P extends Principal = Principal> {
   }
 
   /**
-   * Graceful shutdown (idempotent): stops accepting sockets, stops batches through their signals, lets the
-   * appends in flight of tasks driven by hand settle (a `complete()` sent in time is not overtaken) and
+   * Graceful shutdown (idempotent): stops accepting sockets, stops batches through their signals, lets this
+   * server's appends in flight settle (a hand-driven task's `complete()` sent in time is not overtaken) and
    * interrupts owned tasks that do not end in time (`interrupted`, "server shutting down"), flushes and
    * closes sockets with 1001, clears every timer and releases the feed. It never closes the store, nor an
    * `http.Server` or `WebSocketServer` it did not create. Nothing is logged once it resolved, so the
