@@ -1074,6 +1074,50 @@ describe('tab sharing', () => {
     await clients[0].close();
   });
 
+  it('a renewal the server has not accepted (its check pending, or answered `timeout`) admits no tab with that token: the socket still speaks with the credential before it', async () => {
+    const browser = new Browser();
+    const server = new FakeServer();
+    const tokens = ['tok', 'tok'];
+    const [alice, renewing] = [browser.tab(), browser.tab()].map((tab, index) =>
+      clientIn(tab, server, { token: () => tokens[index] as string }),
+    ) as [ProgressClient, ProgressClient];
+    alice.watch('t1');
+    renewing.watch('t1');
+    const real = await acceptReal(server, 1);
+    await vi.waitFor(() => expect(real.frames('subscribe')).toHaveLength(2));
+    // The second tab's page logged in as bob and renews: the server's check of bob's token does not answer
+    // in time (an auth backend down), so the socket keeps alice's credential.
+    tokens[1] = 'bob';
+    expect(await renewing.renewToken()).toBe(true);
+    await vi.waitFor(() => expect(real.frames('auth')).toHaveLength(2));
+    real.push({
+      type: 'error',
+      code: 'timeout',
+      message: 'The check of the renewed credential did not answer in time',
+    });
+    // Another tab of bob's joins. Before, the leader took bob's token for the one in force as soon as it
+    // forwarded it: this tab was handed the hello, and its subscribe went out on alice's credential.
+    const bob = clientIn(browser.tab(), server, { token: 'bob' });
+    bob.watch('t2');
+    const own = await acceptReal(server, 2);
+    expect(own.frames('auth')).toEqual([expect.objectContaining({ token: 'bob' })]);
+    await vi.waitFor(() =>
+      expect(own.frames('subscribe')).toEqual([expect.objectContaining({ taskId: 't2' })]),
+    );
+    expect(real.frames('subscribe').map((frame) => frame.taskId)).toEqual(['t1', 't1']);
+    // A renewal the server answers (a token renewed for the same user) is the credential in force: a tab
+    // that brings it shares the socket.
+    tokens[0] = 'tok2';
+    expect(await alice.renewToken()).toBe(true);
+    await vi.waitFor(() => expect(real.frames('auth')).toHaveLength(3));
+    real.push(hello);
+    const renewed = clientIn(browser.tab(), server, { token: 'tok2' });
+    renewed.watch('t3');
+    await vi.waitFor(() => expect(real.frames('subscribe')).toHaveLength(3));
+    expect(server.sockets).toHaveLength(2);
+    await Promise.all([alice, renewing, bob, renewed].map((client) => client.close()));
+  });
+
   it('a tab behind a leader whose server selected version 1 speaks version 1', async () => {
     const browser = new Browser();
     const server = new FakeServer();

@@ -175,15 +175,21 @@ type Message =
 /** A message as posted: `post` says which tab it is from. */
 type Unsent = Message extends infer M ? (M extends Message ? Omit<M, 'from'> : never) : never;
 
-const CONNECTING = 0;
-const OPEN = 1;
-const CLOSED = 3;
-/** Closes the virtual sockets when the leader changed: not fatal, the clients reconnect. */
-const LEADER_GONE = 1001;
+/** `WebSocket.readyState`'s values (an enum esbuild inlines: bytes of the /tabs budget). */
+enum State {
+  CONNECTING = 0,
+  OPEN = 1,
+  CLOSED = 3,
+}
+/** Close codes of virtual sockets (an enum, as `State`). */
+enum Close {
+  /** The leader changed: not fatal, the clients reconnect. */
+  LEADER_GONE = 1001,
+}
 
 /** A socket as the client sees it; the leader tab carries its frames. @internal */
 class VirtualSocket implements WebSocketLike {
-  readyState = CONNECTING;
+  readyState: number = State.CONNECTING;
   /** The real socket's subprotocol, so the client speaks the version the server selected. */
   protocol = '';
   // Declared, not set to null: the client sets each before anything calls it (bytes of the /tabs budget).
@@ -208,7 +214,7 @@ class VirtualSocket implements WebSocketLike {
   }
 
   send(data: string): void {
-    if (this.readyState !== OPEN) throw new Error('WebSocket is not open');
+    if (this.readyState !== State.OPEN) throw new Error('WebSocket is not open');
     this.#hub.post({ t: 'send', id: this.id, data, seen: this.seen });
   }
 
@@ -218,15 +224,15 @@ class VirtualSocket implements WebSocketLike {
     const badCode = code !== 1000 && !(code >= 3000 && code < 5000);
     if (badCode || new TextEncoder().encode(reason).length > 123)
       throw new DOMException(`close(${code}, reason)`, badCode ? 'InvalidAccessError' : 'SyntaxError');
-    if (this.readyState === CLOSED) return;
+    if (this.readyState === State.CLOSED) return;
     this.#hub.detach(this, code, reason);
     this.closed(code, reason);
   }
 
   /** Ends the socket and reports it as a real one would: asynchronously. */
   closed(code: number, reason: string): void {
-    if (this.readyState === CLOSED) return;
-    this.readyState = CLOSED;
+    if (this.readyState === State.CLOSED) return;
+    this.readyState = State.CLOSED;
     queueMicrotask(() => this.onclose?.({ code, reason }));
   }
 }
@@ -275,7 +281,8 @@ class TabHub {
   readonly #left = new Promise<void>((resolve) => {
     this.#leave = resolve;
   });
-  #gone = false;
+  /** No initial value (`undefined` until the tab leaves): bytes of the /tabs budget, as `#leading`. */
+  #gone?: boolean;
   readonly #WebSocket: WebSocketConstructorLike;
   readonly #env: HubEnv;
   readonly #channel: BroadcastChannelLike;
@@ -285,14 +292,19 @@ class TabHub {
   /** This tab's own lock is held: the leader can tell when the tab is gone. */
   readonly #alive: Promise<void>;
   // Leader part.
-  #leading = false;
+  #leading?: boolean;
   #real: WebSocketLike | undefined;
   /** The real socket's `hello`, handed to each socket that joins it, with the store's current epoch. */
   #hello: Frame | undefined;
   /** The socket whose `auth` the real socket sent last: the credential the server checks, or has in force. */
   #authBy: string | undefined;
-  /** The token of that `auth`; `undefined` until the real socket sent one. */
+  /**
+   * The token of the `auth` whose credential is in force (the first, or a renewal the server answered with
+   * its `hello`); `undefined` until the real socket sent one.
+   */
   #token: unknown;
+  /** The token of the latest renewal sent, in force once a `hello` answers it. */
+  #renewal: unknown;
   /**
    * The virtual sockets it serves: filled only while the tab leads (see `#onConnect`), emptied when it
    * stops (`leave`), so a tab that does not lead finds none of the ids a `send` or `bye` names.
@@ -357,7 +369,7 @@ class TabHub {
       // The reason, for the server's logs: whether another tab that connected through it is still there.
       this.#closeReal(1000, this.#watchedTabs.size ? 'leader tab left' : 'no tab watching');
       // Its list names this tab's sockets too, already closed: no other tab has them.
-      this.#failReal(LEADER_GONE, 'leader tab left');
+      this.#failReal(Close.LEADER_GONE, 'leader tab left');
     }
     this.#gone = true;
     this.#requests.abort();
@@ -369,7 +381,7 @@ class TabHub {
   attach(socket: VirtualSocket, suffix: string): string {
     const id = `${this.tab}/${this.#next++}${suffix}`;
     this.#sockets.set(id, socket);
-    void this.#alive.then(() => socket.readyState === CONNECTING && this.post({ t: 'connect', id }));
+    void this.#alive.then(() => socket.readyState === State.CONNECTING && this.post({ t: 'connect', id }));
     return id;
   }
 
@@ -427,10 +439,10 @@ class TabHub {
         const socket = this.#sockets.get(message.id);
         // Only the leader this tab knows (or, before it knows one, any) opens a socket: a late `open`
         // from a former leader would tie the socket to a tab that no longer forwards its frames.
-        if (socket?.readyState === CONNECTING && this.#fromLeader(message)) {
+        if (socket?.readyState === State.CONNECTING && this.#fromLeader(message)) {
           socket.leader = this.#leader = message.from;
           socket.protocol = message.protocol;
-          socket.readyState = OPEN;
+          socket.readyState = State.OPEN;
           socket.onopen?.({});
         }
         return;
@@ -446,7 +458,7 @@ class TabHub {
           message.id.startsWith(`${this.tab}/`)
         ) {
           this.silent = 8;
-          this.#sockets.get(message.id)?.closed(LEADER_GONE, 'another credential');
+          this.#sockets.get(message.id)?.closed(Close.LEADER_GONE, 'another credential');
         }
         return;
       case 'frame':
@@ -461,7 +473,7 @@ class TabHub {
         this.silent &= 8;
         if (typeof message.data === 'string')
           for (const socket of this.#sockets.values()) {
-            if (socket.readyState !== OPEN || socket.leader !== message.from) continue;
+            if (socket.readyState !== State.OPEN || socket.leader !== message.from) continue;
             // A hello only to a socket without one (a socket asked for again, a `connect` repeated on a leader
             // change, is opened, and sent the cached hello, again), any other frame to one with one; either
             // broadcast, or to one socket.
@@ -485,7 +497,10 @@ class TabHub {
           if (socket.leader !== message.from && !named.includes(socket.id)) continue;
           this.#sockets.delete(socket.id);
           // A refusal of one tab's credential is that socket's; the others reconnect (see `#failReal`).
-          socket.closed((message.by ?? socket.id) === socket.id ? message.code : LEADER_GONE, message.reason);
+          socket.closed(
+            (message.by ?? socket.id) === socket.id ? message.code : Close.LEADER_GONE,
+            message.reason,
+          );
         }
         return;
       }
@@ -508,11 +523,11 @@ class TabHub {
     this.#leader = leader;
     if (leader !== undefined) this.#watchTab(leader);
     for (const socket of this.#sockets.values()) {
-      if (socket.readyState === CONNECTING) {
+      if (socket.readyState === State.CONNECTING) {
         this.post({ t: 'connect', id: socket.id });
       } else {
         this.#sockets.delete(socket.id);
-        socket.closed(LEADER_GONE, 'leader tab changed');
+        socket.closed(Close.LEADER_GONE, 'leader tab changed');
       }
     }
   }
@@ -523,7 +538,7 @@ class TabHub {
   #onConnect(id: string, tab: string): void {
     this.#peers.set(id, { tasks: new Set() });
     this.#watchTab(tab);
-    if (this.#real?.readyState === OPEN) this.#openPeer(id);
+    if (this.#real?.readyState === State.OPEN) this.#openPeer(id);
     else if (!this.#real) this.#openReal();
   }
 
@@ -560,7 +575,7 @@ class TabHub {
   #onSend(id: string, data: string, seen = Infinity) {
     const peer = this.#peers.get(id);
     const real = this.#real;
-    if (!peer?.opened || real?.readyState !== OPEN) return;
+    if (!peer?.opened || real?.readyState !== State.OPEN) return;
     const frame = parse(data);
     if (frame === undefined) return;
     const taskId = typeof frame.taskId === 'string' ? frame.taskId : '';
@@ -579,7 +594,11 @@ class TabHub {
           }
         }
         this.#authBy = id;
-        this.#token = frame.token;
+        // A renewal's credential is not in force until the server accepts it: checked, it may be another
+        // principal's (refused, 4001), or its check may not answer in time (`timeout`: the socket keeps its
+        // credential). Taken at once, a tab bringing that token was served on the credential still in force.
+        if (this.#hello) this.#renewal = frame.token;
+        else this.#token = frame.token;
         break;
       case 'subscribe':
         peer.tasks.add(taskId);
@@ -632,7 +651,7 @@ class TabHub {
       return;
     }
     const real = this.#real;
-    if (real?.readyState !== OPEN) return;
+    if (real?.readyState !== State.OPEN) return;
     for (const taskId of tasks) {
       if (this.#wanted(taskId)) continue;
       this.#acked.delete(taskId);
@@ -663,8 +682,7 @@ class TabHub {
       return;
     }
     this.#real = real;
-    this.#hello = undefined;
-    this.#authBy = this.#token = undefined;
+    this.#hello = this.#authBy = this.#token = undefined;
     this.#acked.clear();
     // At the open, and again at the hello (see `#openPeer`).
     const openPeers = (): void => {
@@ -679,12 +697,16 @@ class TabHub {
       // reset snapshot (a `"reset"` key).
       const frame =
         !this.#hello ||
-        /"(task_not_found|forbidden|rate_limited|reset|unauthenticated|token_expired)"/.test(data)
+        /"(task_not_found|forbidden|rate_limited|reset|unauthenticated|token_expired|hello)"/.test(data)
           ? parse(data)
           : undefined;
-      if (frame?.type === 'hello' && !this.#hello) {
-        this.#hello = frame;
-        return openPeers();
+      if (frame?.type === 'hello') {
+        // A later hello answers a renewal (relayed: a client already open ignores it).
+        if (this.#hello) this.#token = this.#renewal;
+        else {
+          this.#hello = frame;
+          return openPeers();
+        }
       }
       // After such an error the server follows the task no more, and every client it reaches drops it
       // without an unsubscribe, so their sockets let go of it here. Kept, it would grow a socket's set
