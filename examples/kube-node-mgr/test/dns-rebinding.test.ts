@@ -8,7 +8,9 @@
  */
 import http from 'node:http';
 import { afterEach, describe, expect, it } from 'vitest';
-import { allowedHostsFlag, LOOPBACK_HOSTS } from '../src/server/config.js';
+import { allowedHostsFlag } from '../src/server/config.js';
+import { DemoCluster } from '../src/server/demo-cluster.js';
+import { LOOPBACK_HOSTS } from '../src/server/host-rule.js';
 import { type Harness, login, startHarness, upgradeStatus } from './harness.js';
 
 let h: Harness | undefined;
@@ -107,5 +109,40 @@ describe('a server on loopback and a DNS-rebinding page', () => {
     expect(allowedHostsFlag('[::1],fd00::1', 'localhost')).toEqual(['[::1]', 'fd00::1']);
     expect(() => allowedHostsFlag('knm.example.com:3000', '127.0.0.1')).toThrow(/--allowed-hosts/);
     expect(() => allowedHostsFlag('cafe.be:3000', '127.0.0.1')).toThrow(/--allowed-hosts/);
+  });
+});
+
+describe("the demo cluster's API and a DNS-rebinding page", () => {
+  let cluster: DemoCluster | undefined;
+  afterEach(async () => {
+    await cluster?.close();
+    cluster = undefined;
+  });
+
+  // No credentials: before the fix a page under its own name patched and deleted nodes (200).
+  it('refuses another host name on loopback with 403 Forbidden, and serves the loopback names', async () => {
+    cluster = new DemoCluster();
+    const base = await cluster.listen(0);
+    const port = new URL(base).port;
+    const evil = {
+      host: `rebind.attacker.example:${port}`,
+      origin: `http://rebind.attacker.example:${port}`,
+    };
+    const cordon = await request(
+      base,
+      'PATCH',
+      '/api/v1/nodes/worker-1',
+      { ...evil, 'content-type': 'application/merge-patch+json' },
+      { spec: { unschedulable: true } },
+    );
+    expect(cordon).toMatchObject({ status: 403, body: { kind: 'Status', reason: 'Forbidden', code: 403 } });
+    expect(cluster.node('worker-1')?.spec.unschedulable).toBeUndefined();
+    expect((await request(base, 'DELETE', '/api/v1/nodes/worker-2', evil)).status).toBe(403);
+    expect(cluster.node('worker-2')).toBeDefined();
+    expect((await request(base, 'GET', '/api/v1/nodes', evil)).status).toBe(403);
+    for (const name of ['localhost', '127.0.0.1', '127.0.0.2', '[::1]']) {
+      const list = await request(base, 'GET', '/api/v1/nodes', { host: `${name}:${port}` });
+      expect({ name, status: list.status }).toEqual({ name, status: 200 });
+    }
   });
 });

@@ -17,6 +17,7 @@ import type { AppDb } from './app-db.js';
 import type { SessionManager } from './auth.js';
 import { bodyErrorAnswer } from './body-errors.js';
 import { type Cluster, ClusterSet } from './clusters.js';
+import { hostRule } from './host-rule.js';
 import type { KubeNodes } from './kube-nodes.js';
 import { LoginThrottle, type LoginThrottleOptions } from './login-throttle.js';
 import { startRetention } from './retention.js';
@@ -147,7 +148,7 @@ export interface AppOptions {
    * is refused with 403 `forbidden_host` (HTTP) or at the WebSocket upgrade. Against DNS rebinding: a web page
    * whose name is made to resolve to 127.0.0.1 is same-origin with its own `Host`, so a server on loopback
    * (the demo users' `demo` / `demo`, in front of `kubectl proxy`) took its sign-in and batches.
-   * The server sets `LOOPBACK_HOSTS` (config.ts) when listening on loopback (`--allowed-hosts`, `ALLOWED_HOSTS`).
+   * The server sets `LOOPBACK_HOSTS` (host-rule.ts) when listening on loopback (`--allowed-hosts`, `ALLOWED_HOSTS`).
    * @default undefined (any host)
    */
   allowedHosts?: readonly string[] | undefined;
@@ -559,34 +560,6 @@ export function createApp(options: AppOptions): App {
       server.closeAllConnections();
       await listenerClosed;
     },
-  };
-}
-
-/**
- * Whether a request's `Host` names one of `allowed` (any, without a list). 127.0.0.0/8 counts as `127.0.0.1`.
- * A missing or unparsable `Host` is refused when there is a list.
- */
-function hostRule(allowed: readonly string[] | undefined): (req: http.IncomingMessage) => boolean {
-  if (allowed === undefined) return () => true;
-  const names = new Set(
-    allowed.map((h) =>
-      h
-        .trim()
-        .toLowerCase()
-        .replace(/^\[(.*)\]$/, '$1'),
-    ),
-  );
-  return (req) => {
-    const host = req.headers.host;
-    if (host === undefined || host === '') return false;
-    let name: string;
-    try {
-      name = new URL(`http://${host}`).hostname.replace(/^\[(.*)\]$/, '$1');
-    } catch {
-      return false;
-    }
-    if (names.has(name)) return true;
-    return names.has('127.0.0.1') && /^127(\.\d{1,3}){3}$/.test(name);
   };
 }
 
