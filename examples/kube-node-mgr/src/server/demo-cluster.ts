@@ -233,6 +233,19 @@ export class DemoCluster {
       if (this.#options.latencyMs > 0) await new Promise((r) => setTimeout(r, this.#options.latencyMs));
       const doc = discovery(path);
       if (doc !== undefined && method === 'GET') return send(200, doc);
+      // An eviction in JSON only, as the API server reads a body (415 otherwise): any web page may send a POST
+      // of text/plain, or without a body, to this address unasked (no CORS preflight), and the demo took it as
+      // an eviction of the pod it named (their names are predictable: web-7d9f8-xxxx1).
+      const mediaType = String(req.headers['content-type'] ?? '')
+        .split(';')[0]
+        ?.trim();
+      if (method === 'POST' && path.endsWith('/eviction') && mediaType !== 'application/json')
+        throw new HttpStatusError({
+          code: 415,
+          reason: 'UnsupportedMediaType',
+          message:
+            'the body of the request was in an unknown format - accepted media types include: application/json',
+        });
       const workload = this.#workloads.handle(
         method,
         path,
