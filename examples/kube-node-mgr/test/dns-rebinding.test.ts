@@ -11,6 +11,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { allowedHostsFlag } from '../src/server/config.js';
 import { DemoCluster } from '../src/server/demo-cluster.js';
 import { LOOPBACK_HOSTS } from '../src/server/host-rule.js';
+import { RoundRobinProxy } from '../src/server/round-robin-proxy.js';
 import { type Harness, login, startHarness, upgradeStatus } from './harness.js';
 
 let h: Harness | undefined;
@@ -144,5 +145,52 @@ describe("the demo cluster's API and a DNS-rebinding page", () => {
       const list = await request(base, 'GET', '/api/v1/nodes', { host: `${name}:${port}` });
       expect({ name, status: list.status }).toEqual({ name, status: 200 });
     }
+  });
+});
+
+describe("behind the replica launcher's proxy", () => {
+  let proxy: RoundRobinProxy | undefined;
+  afterEach(async () => {
+    await proxy?.close();
+    proxy = undefined;
+  });
+
+  // The proxy passes Host through and a client's X-Forwarded-Host with it, under the secret the replica trusts
+  // (which believes X-Forwarded-For and -Proto): the Host check reads Host alone, never a forwarded name, so a
+  // rebinding page sending a loopback name in X-Forwarded-Host or Forwarded is refused all the same.
+  it("refuses another Host though a client's X-Forwarded-Host or Forwarded names loopback", async () => {
+    const secret = 'a-proxy-secret-of-the-launcher';
+    h = await startHarness({
+      app: { trustProxy: 1, proxySecret: secret, allowedHosts: ['localhost', '127.0.0.1', '::1'] },
+    });
+    proxy = new RoundRobinProxy([h.base], { secret });
+    const url = await proxy.listen(0);
+    const port = new URL(url).port;
+    const evil = {
+      host: `rebind.attacker.example:${port}`,
+      origin: `http://rebind.attacker.example:${port}`,
+    };
+    for (const spoof of [
+      { 'x-forwarded-host': `127.0.0.1:${port}` },
+      { forwarded: `host="127.0.0.1:${port}"` },
+    ]) {
+      const signIn = await request(
+        url,
+        'POST',
+        '/api/login',
+        { ...evil, ...spoof, 'content-type': 'application/json' },
+        { username: 'ada', password: 'ada' },
+      );
+      expect(signIn).toMatchObject({ status: 403, body: { error: { code: 'forbidden_host' } } });
+      expect(await upgradeStatus(url, { ...evil, ...spoof })).not.toBe(101);
+    }
+    const own = await request(
+      url,
+      'POST',
+      '/api/login',
+      { host: `127.0.0.1:${port}`, 'content-type': 'application/json' },
+      { username: 'ada', password: 'ada' },
+    );
+    expect(own.status).toBe(200);
   });
 });
