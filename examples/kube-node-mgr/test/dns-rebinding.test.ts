@@ -65,6 +65,10 @@ describe('a server on loopback and a DNS-rebinding page', () => {
       { username: 'ada', password: 'ada' },
     );
     expect(signIn).toMatchObject({ status: 403, body: { error: { code: 'forbidden_host' } } });
+    // Which names it answers to, and how to add one: the page's own GET is answered so too.
+    expect((await request(h.base, 'GET', '/', evil)).body.error.message).toBe(
+      'this server answers only to localhost, 127.0.0.1, [::1], against DNS rebinding: open it under one of them, or list this name in --allowed-hosts (ALLOWED_HOSTS)',
+    );
     // A session of the loopback name's, replayed under the other name (a token leaked to that page).
     const ada = await login(h.base, 'ada');
     const batch = await request(

@@ -267,8 +267,13 @@ export function createApp(options: AppOptions): App {
   app.use(securityHeaders);
   app.use((req: Request, res: Response, next: NextFunction) => {
     if (hostAllowed(req)) return next();
+    // The names and the remedy: someone opening the page by this machine's own name saw only "not served
+    // under that host name", with nothing saying which names are or how to add one.
     res.status(403).json({
-      error: { code: 'forbidden_host', message: 'this server is not served under that host name' },
+      error: {
+        code: 'forbidden_host',
+        message: `this server answers only to ${allowedNames}, against DNS rebinding: open it under one of them, or list this name in --allowed-hosts (ALLOWED_HOSTS)`,
+      },
     });
   });
   const server = http.createServer(app);
@@ -315,6 +320,9 @@ export function createApp(options: AppOptions): App {
     return (req.socket as { encrypted?: boolean } | undefined)?.encrypted === true;
   });
   const hostAllowed = hostRule(config.allowedHosts);
+  const allowedNames = (config.allowedHosts ?? [])
+    .map((h) => (h.includes(':') ? `[${h.replace(/^\[|\]$/g, '')}]` : h))
+    .join(', ');
   const sameOriginRule = sameOrigin({ trustProxy: proxyHops > 0 });
   // A request to a host not allowed (DNS rebinding) is of no origin of ours, whatever its Origin says.
   // (HTTP requests are refused below before any route; this is for the WebSocket upgrade. A listed origin is

@@ -189,7 +189,7 @@ export class DemoCluster {
         status({
           code: 403,
           reason: 'Forbidden',
-          message: 'this API server is not served under that host name',
+          message: 'this API server answers only to localhost, 127.0.0.1 and [::1], against DNS rebinding',
         }),
       );
       res.writeHead(403, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text) });
