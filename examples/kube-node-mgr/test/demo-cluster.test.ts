@@ -24,6 +24,32 @@ const MERGE = 'application/merge-patch+json';
 const STRATEGIC = 'application/strategic-merge-patch+json';
 
 describe('demo cluster', () => {
+  // What a web page may send any address without a CORS preflight: a POST of text/plain, or without a body.
+  // Before the fix the demo evicted the pod it named (201) for either, from any site the operator opened.
+  it('refuses an eviction that is not JSON with 415, as the API server does: no cross-site eviction', async () => {
+    const pod = cluster.pods('worker-1').find((p) => p.metadata.labels.app === 'reports');
+    const url = `${base}/api/v1/namespaces/batch/pods/${pod?.metadata.name}/eviction`;
+    const eviction = JSON.stringify({
+      apiVersion: 'policy/v1',
+      kind: 'Eviction',
+      metadata: { name: pod?.metadata.name },
+    });
+    const plain = await fetch(url, { method: 'POST', body: eviction }); // text/plain;charset=UTF-8
+    expect(plain.status).toBe(415);
+    expect(await plain.json()).toMatchObject({ kind: 'Status', reason: 'UnsupportedMediaType', code: 415 });
+    expect((await fetch(url, { method: 'POST' })).status).toBe(415);
+    const leaving = () =>
+      cluster.pods('worker-1').find((p) => p.metadata.name === pod?.metadata.name)?.metadata;
+    expect(leaving()).toBeDefined();
+    expect(leaving()).not.toHaveProperty('deletionTimestamp');
+    const json = await fetch(url, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json; charset=utf-8' },
+      body: eviction,
+    });
+    expect(json.status).toBe(201);
+  });
+
   // `kubectl delete node`, for trying what the app does with a node deleted since its batch (a rerun).
   it('deletes a node: gone from the list and its reads; a second delete is 404', async () => {
     const del = () => fetch(`${base}/api/v1/nodes/worker-3`, { method: 'DELETE' });

@@ -8,7 +8,10 @@
  */
 import http from 'node:http';
 import { afterEach, describe, expect, it } from 'vitest';
-import { allowedHostsFlag, LOOPBACK_HOSTS } from '../src/server/config.js';
+import { allowedHostsFlag } from '../src/server/config.js';
+import { DemoCluster } from '../src/server/demo-cluster.js';
+import { LOOPBACK_HOSTS } from '../src/server/host-rule.js';
+import { RoundRobinProxy } from '../src/server/round-robin-proxy.js';
 import { type Harness, login, startHarness, upgradeStatus } from './harness.js';
 
 let h: Harness | undefined;
@@ -62,6 +65,10 @@ describe('a server on loopback and a DNS-rebinding page', () => {
       { username: 'ada', password: 'ada' },
     );
     expect(signIn).toMatchObject({ status: 403, body: { error: { code: 'forbidden_host' } } });
+    // Which names it answers to, and how to add one: the page's own GET is answered so too.
+    expect((await request(h.base, 'GET', '/', evil)).body.error.message).toBe(
+      'this server answers only to localhost, 127.0.0.1, [::1], against DNS rebinding: open it under one of them, or list this name in --allowed-hosts (ALLOWED_HOSTS)',
+    );
     // A session of the loopback name's, replayed under the other name (a token leaked to that page).
     const ada = await login(h.base, 'ada');
     const batch = await request(
@@ -107,5 +114,87 @@ describe('a server on loopback and a DNS-rebinding page', () => {
     expect(allowedHostsFlag('[::1],fd00::1', 'localhost')).toEqual(['[::1]', 'fd00::1']);
     expect(() => allowedHostsFlag('knm.example.com:3000', '127.0.0.1')).toThrow(/--allowed-hosts/);
     expect(() => allowedHostsFlag('cafe.be:3000', '127.0.0.1')).toThrow(/--allowed-hosts/);
+  });
+});
+
+describe("the demo cluster's API and a DNS-rebinding page", () => {
+  let cluster: DemoCluster | undefined;
+  afterEach(async () => {
+    await cluster?.close();
+    cluster = undefined;
+  });
+
+  // No credentials: before the fix a page under its own name patched and deleted nodes (200).
+  it('refuses another host name on loopback with 403 Forbidden, and serves the loopback names', async () => {
+    cluster = new DemoCluster();
+    const base = await cluster.listen(0);
+    const port = new URL(base).port;
+    const evil = {
+      host: `rebind.attacker.example:${port}`,
+      origin: `http://rebind.attacker.example:${port}`,
+    };
+    const cordon = await request(
+      base,
+      'PATCH',
+      '/api/v1/nodes/worker-1',
+      { ...evil, 'content-type': 'application/merge-patch+json' },
+      { spec: { unschedulable: true } },
+    );
+    expect(cordon).toMatchObject({ status: 403, body: { kind: 'Status', reason: 'Forbidden', code: 403 } });
+    expect(cluster.node('worker-1')?.spec.unschedulable).toBeUndefined();
+    expect((await request(base, 'DELETE', '/api/v1/nodes/worker-2', evil)).status).toBe(403);
+    expect(cluster.node('worker-2')).toBeDefined();
+    expect((await request(base, 'GET', '/api/v1/nodes', evil)).status).toBe(403);
+    for (const name of ['localhost', '127.0.0.1', '127.0.0.2', '[::1]']) {
+      const list = await request(base, 'GET', '/api/v1/nodes', { host: `${name}:${port}` });
+      expect({ name, status: list.status }).toEqual({ name, status: 200 });
+    }
+  });
+});
+
+describe("behind the replica launcher's proxy", () => {
+  let proxy: RoundRobinProxy | undefined;
+  afterEach(async () => {
+    await proxy?.close();
+    proxy = undefined;
+  });
+
+  // The proxy passes Host through and a client's X-Forwarded-Host with it, under the secret the replica trusts
+  // (which believes X-Forwarded-For and -Proto): the Host check reads Host alone, never a forwarded name, so a
+  // rebinding page sending a loopback name in X-Forwarded-Host or Forwarded is refused all the same.
+  it("refuses another Host though a client's X-Forwarded-Host or Forwarded names loopback", async () => {
+    const secret = 'a-proxy-secret-of-the-launcher';
+    h = await startHarness({
+      app: { trustProxy: 1, proxySecret: secret, allowedHosts: ['localhost', '127.0.0.1', '::1'] },
+    });
+    proxy = new RoundRobinProxy([h.base], { secret });
+    const url = await proxy.listen(0);
+    const port = new URL(url).port;
+    const evil = {
+      host: `rebind.attacker.example:${port}`,
+      origin: `http://rebind.attacker.example:${port}`,
+    };
+    for (const spoof of [
+      { 'x-forwarded-host': `127.0.0.1:${port}` },
+      { forwarded: `host="127.0.0.1:${port}"` },
+    ]) {
+      const signIn = await request(
+        url,
+        'POST',
+        '/api/login',
+        { ...evil, ...spoof, 'content-type': 'application/json' },
+        { username: 'ada', password: 'ada' },
+      );
+      expect(signIn).toMatchObject({ status: 403, body: { error: { code: 'forbidden_host' } } });
+      expect(await upgradeStatus(url, { ...evil, ...spoof })).not.toBe(101);
+    }
+    const own = await request(
+      url,
+      'POST',
+      '/api/login',
+      { host: `127.0.0.1:${port}`, 'content-type': 'application/json' },
+      { username: 'ada', password: 'ada' },
+    );
+    expect(own.status).toBe(200);
   });
 });

@@ -17,6 +17,7 @@ import type { AppDb } from './app-db.js';
 import type { SessionManager } from './auth.js';
 import { bodyErrorAnswer } from './body-errors.js';
 import { type Cluster, ClusterSet } from './clusters.js';
+import { hostRule } from './host-rule.js';
 import type { KubeNodes } from './kube-nodes.js';
 import { LoginThrottle, type LoginThrottleOptions } from './login-throttle.js';
 import { startRetention } from './retention.js';
@@ -147,7 +148,7 @@ export interface AppOptions {
    * is refused with 403 `forbidden_host` (HTTP) or at the WebSocket upgrade. Against DNS rebinding: a web page
    * whose name is made to resolve to 127.0.0.1 is same-origin with its own `Host`, so a server on loopback
    * (the demo users' `demo` / `demo`, in front of `kubectl proxy`) took its sign-in and batches.
-   * The server sets `LOOPBACK_HOSTS` (config.ts) when listening on loopback (`--allowed-hosts`, `ALLOWED_HOSTS`).
+   * The server sets `LOOPBACK_HOSTS` (host-rule.ts) when listening on loopback (`--allowed-hosts`, `ALLOWED_HOSTS`).
    * @default undefined (any host)
    */
   allowedHosts?: readonly string[] | undefined;
@@ -266,8 +267,13 @@ export function createApp(options: AppOptions): App {
   app.use(securityHeaders);
   app.use((req: Request, res: Response, next: NextFunction) => {
     if (hostAllowed(req)) return next();
+    // The names and the remedy: someone opening the page by this machine's own name saw only "not served
+    // under that host name", with nothing saying which names are or how to add one.
     res.status(403).json({
-      error: { code: 'forbidden_host', message: 'this server is not served under that host name' },
+      error: {
+        code: 'forbidden_host',
+        message: `this server answers only to ${allowedNames}, against DNS rebinding: open it under one of them, or list this name in --allowed-hosts (ALLOWED_HOSTS)`,
+      },
     });
   });
   const server = http.createServer(app);
@@ -314,6 +320,9 @@ export function createApp(options: AppOptions): App {
     return (req.socket as { encrypted?: boolean } | undefined)?.encrypted === true;
   });
   const hostAllowed = hostRule(config.allowedHosts);
+  const allowedNames = (config.allowedHosts ?? [])
+    .map((h) => (h.includes(':') ? `[${h.replace(/^\[|\]$/g, '')}]` : h))
+    .join(', ');
   const sameOriginRule = sameOrigin({ trustProxy: proxyHops > 0 });
   // A request to a host not allowed (DNS rebinding) is of no origin of ours, whatever its Origin says.
   // (HTTP requests are refused below before any route; this is for the WebSocket upgrade. A listed origin is
@@ -559,34 +568,6 @@ export function createApp(options: AppOptions): App {
       server.closeAllConnections();
       await listenerClosed;
     },
-  };
-}
-
-/**
- * Whether a request's `Host` names one of `allowed` (any, without a list). 127.0.0.0/8 counts as `127.0.0.1`.
- * A missing or unparsable `Host` is refused when there is a list.
- */
-function hostRule(allowed: readonly string[] | undefined): (req: http.IncomingMessage) => boolean {
-  if (allowed === undefined) return () => true;
-  const names = new Set(
-    allowed.map((h) =>
-      h
-        .trim()
-        .toLowerCase()
-        .replace(/^\[(.*)\]$/, '$1'),
-    ),
-  );
-  return (req) => {
-    const host = req.headers.host;
-    if (host === undefined || host === '') return false;
-    let name: string;
-    try {
-      name = new URL(`http://${host}`).hostname.replace(/^\[(.*)\]$/, '$1');
-    } catch {
-      return false;
-    }
-    if (names.has(name)) return true;
-    return names.has('127.0.0.1') && /^127(\.\d{1,3}){3}$/.test(name);
   };
 }
 

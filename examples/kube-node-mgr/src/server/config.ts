@@ -3,6 +3,7 @@ import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { isIPv6 } from 'node:net';
 import path from 'node:path';
 import { type ParseArgsConfig, parseArgs } from 'node:util';
+import { isLoopback, LOOPBACK_HOSTS } from './host-rule.js';
 import { KUBE_NODES_DEFAULTS, type KubeSource } from './kube-nodes.js';
 
 /** Everything `main` needs, from flags and environment variables (flags win). */
@@ -301,16 +302,6 @@ export function assertDemoUsersStayLocal(
   throw new Error(
     `--kube-server with --host ${host} (HOST) needs --users-file (USERS_FILE): the demo users (demo / demo, an admin) are only served on loopback with an API server of your own`,
   );
-}
-
-/**
- * The host names of a server listening on loopback: `localhost`, `127.0.0.1` (with all of 127.0.0.0/8) and `::1`.
- */
-export const LOOPBACK_HOSTS: readonly string[] = Object.freeze(['localhost', '127.0.0.1', '::1']);
-
-/** `localhost`, `::1` and 127.0.0.0/8: reachable from this machine only. */
-export function isLoopback(host: string): boolean {
-  return host === 'localhost' || host === '::1' || /^127(\.\d{1,3}){3}$/.test(host);
 }
 
 /** Where Kubernetes is, from the kube flags and variables (`demo` when nothing is given). */

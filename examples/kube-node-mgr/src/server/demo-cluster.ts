@@ -23,6 +23,7 @@ import {
 } from './demo-api.js';
 import { type DemoNode, initialNodes, seededRandom } from './demo-nodes.js';
 import { type DemoPod, DemoWorkloads } from './demo-workloads.js';
+import { hostRule, isLoopback, LOOPBACK_HOSTS } from './host-rule.js';
 
 export { jsonMergePatch, strategicMergePatch } from './demo-api.js';
 export type { DemoNode, Taint } from './demo-nodes.js';
@@ -95,7 +96,8 @@ export const DEMO_CLUSTER_DEFAULTS = Object.freeze({
  * this app and `kubectl get nodes` / `kubectl taint` / `kubectl cordon` / `kubectl label` make: list (with
  * `labelSelector`), get, JSON merge patch and strategic merge patch (with the optimistic
  * `metadata.resourceVersion` check: 409 Conflict when stale), 404 for unknown nodes, `Status` objects for
- * errors, and the discovery documents kubectl reads first. No authentication: it binds to 127.0.0.1.
+ * errors, and the discovery documents kubectl reads first. No authentication: it binds to 127.0.0.1, and
+ * there answers only to the loopback names (as the app, and `kubectl proxy`'s `--accept-hosts`).
  */
 export class DemoCluster {
   readonly #nodes = new Map<string, DemoNode>();
@@ -171,10 +173,27 @@ export class DemoCluster {
     if (faults.latencyMs !== undefined) this.#options.latencyMs = faults.latencyMs;
   }
 
-  /** Starts listening on 127.0.0.1 (port 0: any free port). */
+  /**
+   * Starts listening on 127.0.0.1 (port 0: any free port). On loopback a `Host` other than the loopback names
+   * gets 403 Forbidden: without credentials, the API took a DNS-rebinding page's requests (its name made to
+   * resolve to 127.0.0.1), which listed, patched, deleted and drained the nodes.
+   */
   async listen(port = 0, host = '127.0.0.1'): Promise<string> {
+    const hostAllowed = hostRule(isLoopback(host) ? LOOPBACK_HOSTS : undefined);
     const server = http.createServer((req, res) => {
-      void this.#handle(req, res);
+      if (hostAllowed(req)) {
+        void this.#handle(req, res);
+        return;
+      }
+      const text = JSON.stringify(
+        status({
+          code: 403,
+          reason: 'Forbidden',
+          message: 'this API server answers only to localhost, 127.0.0.1 and [::1], against DNS rebinding',
+        }),
+      );
+      res.writeHead(403, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text) });
+      res.end(text);
     });
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
@@ -214,6 +233,19 @@ export class DemoCluster {
       if (this.#options.latencyMs > 0) await new Promise((r) => setTimeout(r, this.#options.latencyMs));
       const doc = discovery(path);
       if (doc !== undefined && method === 'GET') return send(200, doc);
+      // An eviction in JSON only, as the API server reads a body (415 otherwise): any web page may send a POST
+      // of text/plain, or without a body, to this address unasked (no CORS preflight), and the demo took it as
+      // an eviction of the pod it named (their names are predictable: web-7d9f8-xxxx1).
+      const mediaType = String(req.headers['content-type'] ?? '')
+        .split(';')[0]
+        ?.trim();
+      if (method === 'POST' && path.endsWith('/eviction') && mediaType !== 'application/json')
+        throw new HttpStatusError({
+          code: 415,
+          reason: 'UnsupportedMediaType',
+          message:
+            'the body of the request was in an unknown format - accepted media types include: application/json',
+        });
       const workload = this.#workloads.handle(
         method,
         path,

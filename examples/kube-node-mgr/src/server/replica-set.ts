@@ -2,8 +2,8 @@ import { type ChildProcess, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import net from 'node:net';
 import { startEmbeddedPostgres as startRepoEmbeddedPostgres } from '../../../../scripts/embedded-postgres.mjs';
-import { isLoopback } from './config.js';
 import type { DemoCluster, DemoClusterOptions } from './demo-cluster.js';
+import { isLoopback } from './host-rule.js';
 import { type ProxyOptions, RoundRobinProxy } from './round-robin-proxy.js';
 
 export { type ProxyOptions, type ProxyRoute, RoundRobinProxy } from './round-robin-proxy.js';
