@@ -91,6 +91,11 @@ export function errorBody(code: ErrorCode, message: string): { error: { code: Er
  *   refused it.)
  * - a body that is not `application/json`: only `text/plain`, form and multipart bodies can be sent
  *   cross-site without a CORS preflight, so requiring JSON puts every such request behind one.
+ *
+ * And a body whose `Content-Length` is above what the server reads (413), as the read would refuse it:
+ * refused only once 16 KiB of it had arrived, a request announcing a large body and sending a few bytes
+ * held its connection (and ran the `authenticate` hook) until `requestTimeout`, for an answer known from
+ * its headers.
  */
 export function checkMutation(request: IncomingMessage): void {
   if (request.headers.origin === undefined && request.headers.cookie !== undefined) {
@@ -102,6 +107,14 @@ export function checkMutation(request: IncomingMessage): void {
       status: 415,
     });
   }
+  if (Number(request.headers['content-length'] ?? 0) > MAX_BODY_BYTES) throw bodyTooLarge();
+}
+
+/** The 413 of a body above {@link MAX_BODY_BYTES}, announced or read. */
+function bodyTooLarge(): HttpError {
+  return new HttpError(ErrorCode.InvalidInput, `The body must be at most ${MAX_BODY_BYTES} bytes`, {
+    status: 413,
+  });
 }
 
 /**
@@ -240,11 +253,7 @@ function readStream(request: IncomingMessage): Promise<string> {
         // What arrives until the answer is written is read and dropped; then the connection closes (see
         // `sendEncoded`).
         request.resume();
-        reject(
-          new HttpError(ErrorCode.InvalidInput, `The body must be at most ${MAX_BODY_BYTES} bytes`, {
-            status: 413,
-          }),
-        );
+        reject(bodyTooLarge());
         return;
       }
       chunks.push(chunk);
