@@ -171,6 +171,20 @@ function originRefusal(request: IncomingMessage, allowedOrigins: AllowedOrigins)
   return `${refused}: allowedOrigins is 'same-origin' and this request's Host is ${echo(request.headers.host)}`;
 }
 
+/**
+ * The query parameter `name` of `url` (`null` when absent), refused 400 `invalid_input` when given more
+ * than once: the first was taken and the others ignored, while a proxy, cache or firewall in front may
+ * read the last (or all of them), so the two could judge one request by different values (HTTP parameter
+ * pollution: `?limit=1&limit=1000` checked as 1 and served as 1,000, or the reverse).
+ */
+export function queryParam(url: URL, name: string): string | null {
+  const values = url.searchParams.getAll(name);
+  if (values.length > 1) {
+    throw fromCode(ErrorCode.InvalidInput, `${name} must be given at most once, got ${values.length} times`);
+  }
+  return values[0] ?? null;
+}
+
 export function parseInteger(
   raw: string | null,
   rule: { name: string; fallback: number; min: number; max: number },
