@@ -380,11 +380,13 @@ describe('credentials and acks at the edges (doc: Credential expiry, hello, ack)
 });
 
 describe('HTTP answers and upgrades (doc: Authentication, HTTP API)', () => {
-  it('a refusal sent before a POST body has all arrived (401, 415, 403) carries Connection: close, and the connection is closed', async () => {
+  it('a refusal sent before a POST body has all arrived (413, 401, 415, 403) carries Connection: close, and the connection is closed', async () => {
     const { server } = await start();
     await server.tasks.create({ id: 't', owner: 'alice', kind: 'k' });
     for (const [status, headers] of [
-      [401, 'Content-Type: application/json'],
+      // A Content-Length above 16 KiB is refused 413 before authentication; chunked, the 401 comes first.
+      [413, 'Content-Type: application/json'],
+      [401, 'Content-Type: application/json\r\nTransfer-Encoding: chunked'],
       [415, 'Authorization: Bearer alice\r\nContent-Type: text/plain'],
       [403, 'Authorization: Bearer alice\r\nContent-Type: application/json\r\nOrigin: https://evil.example'],
       [403, 'Authorization: Bearer alice\r\nContent-Type: application/json\r\nCookie: session=alice'],
@@ -392,7 +394,9 @@ describe('HTTP answers and upgrades (doc: Authentication, HTTP API)', () => {
       const answer = await new Promise<string>((resolve, reject) => {
         const socket = netConnect(session.env!.port, '127.0.0.1', () =>
           socket.write(
-            `POST /progress/tasks/t/cancel HTTP/1.1\r\nHost: x\r\n${headers}\r\nContent-Length: 100000\r\n\r\n{"reason":`,
+            headers.includes('chunked')
+              ? `POST /progress/tasks/t/cancel HTTP/1.1\r\nHost: x\r\n${headers}\r\n\r\na\r\n{"reason":\r\n`
+              : `POST /progress/tasks/t/cancel HTTP/1.1\r\nHost: x\r\n${headers}\r\nContent-Length: 100000\r\n\r\n{"reason":`,
           ),
         );
         let text = '';

@@ -6,6 +6,7 @@ import { ManualClock } from '@finishline/core/testing';
 import { afterEach, describe, expect, it } from 'vitest';
 import { ProgressServer } from '../progress-server.js';
 import {
+  headerAuth,
   RawClient,
   serverFrameViolations,
   sleep,
@@ -411,8 +412,9 @@ describe('HTTP handler', () => {
     const cases = [
       { route: 'ack', headers: 'X-User: alice\r\n', status: 413 },
       { route: 'cancel', headers: 'X-User: alice\r\n', status: 413 },
-      // Refused before any of the body is read: no credentials, another site's Origin.
-      { route: 'cancel', headers: '', status: 401 },
+      // Refused before any of the body is read: without credentials too (the length is judged before
+      // authentication), and another site's Origin (judged before the length).
+      { route: 'cancel', headers: '', status: 413 },
       { route: 'ack', headers: 'X-User: alice\r\nOrigin: https://evil.example\r\n', status: 403 },
     ];
     for (const { route, headers, status } of cases) {
@@ -434,6 +436,54 @@ describe('HTTP handler', () => {
       expect(answer.toLowerCase()).toContain('connection: close');
       expect(outcome).toBe('ended');
     }
+  });
+
+  // Found by a review: the 413 came only once 16 KiB of the body had arrived, so a request announcing a
+  // large body and sending a few bytes ran the authenticate hook and then held its connection, unanswered,
+  // until the server's requestTimeout.
+  it('answers 413 from a Content-Length above 16 KiB before authentication and before any of the body is read', async () => {
+    let authenticated!: () => void;
+    const hookRan = new Promise<'authenticate ran'>((resolve) => {
+      authenticated = () => resolve('authenticate ran');
+    });
+    env = await startServer({
+      authenticate: (request) => {
+        authenticated();
+        return headerAuth(request);
+      },
+    });
+    const task = await env.server.tasks.create({ owner: 'alice', kind: 'k' });
+    for (const route of ['ack', 'cancel']) {
+      const client = connect(env.port, '127.0.0.1');
+      cleanups.push(async () => client.destroy());
+      let answer = '';
+      client.on('data', (chunk: Buffer) => {
+        answer += chunk.toString('latin1');
+      });
+      const ended = new Promise<string>((resolve) => client.once('end', () => resolve(answer)));
+      // 16 KiB and one byte announced, four sent, and then nothing.
+      client.write(
+        `POST /progress/tasks/${task.id}/${route} HTTP/1.1\r\nHost: test\r\nX-User: alice\r\n` +
+          `Content-Type: application/json\r\nContent-Length: ${16 * 1024 + 1}\r\n\r\n{"se`,
+      );
+      const outcome = await Promise.race([ended, hookRan]);
+      expect(outcome).toMatch(/^HTTP\/1\.1 413 /);
+      expect(outcome.toLowerCase()).toContain('connection: close');
+      expect(JSON.parse(outcome.slice(outcome.indexOf('\r\n\r\n') + 4))).toEqual({
+        error: { code: 'invalid_input', message: 'The body must be at most 16384 bytes' },
+      });
+    }
+    // A body of 16 KiB exactly is read as before (and refused for what it says, not for its size).
+    const exact = await call(`/progress/tasks/${task.id}/ack`, {
+      user: 'alice',
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: `{"seq":0,"pad":"${'x'.repeat(16 * 1024 - 18)}"}`,
+    });
+    expect([exact.status, exact.body]).toEqual([
+      400,
+      { error: { code: 'invalid_input', message: 'seq must be an integer >= 1' } },
+    ]);
   });
 
   it('logs a store failure of a task route with the task id, so an operator knows which task it hit', async () => {

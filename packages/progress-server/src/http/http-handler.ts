@@ -46,6 +46,7 @@ import {
   HttpError,
   parseInteger,
   parseStatuses,
+  queryParam,
   readJsonBody,
   send,
   sendEncoded,
@@ -627,8 +628,8 @@ async function serveRoute<P extends Principal>(
 
   switch (route.name) {
     case 'list': {
-      const statuses = parseStatuses(url.searchParams.get('status'));
-      const limit = parseInteger(url.searchParams.get('limit'), LIST_LIMIT);
+      const statuses = parseStatuses(queryParam(url, 'status'));
+      const limit = parseInteger(queryParam(url, 'limit'), LIST_LIMIT);
       const tasks = await store.listTasks({
         owner: principal.id,
         limit,
@@ -659,13 +660,13 @@ async function serveRoute<P extends Principal>(
       return { task: toTaskView(task), ...epochField(read.epoch) };
     }
     case 'events': {
-      const afterSeq = parseInteger(url.searchParams.get('afterSeq'), {
+      const afterSeq = parseInteger(queryParam(url, 'afterSeq'), {
         name: 'afterSeq',
         fallback: 0,
         min: 0,
         max: LIMITS.maxCount,
       });
-      const limit = parseInteger(url.searchParams.get('limit'), {
+      const limit = parseInteger(queryParam(url, 'limit'), {
         name: 'limit',
         fallback: EVENTS_DEFAULT_LIMIT,
         min: 1,
@@ -749,7 +750,7 @@ async function serveRoute<P extends Principal>(
     case 'stream': {
       const { streams } = ctx;
       // EventSource resends the last `id:` it saw as Last-Event-ID; a first request may use ?afterSeq.
-      const from = streamCursor(request.headers['last-event-id'], url.searchParams.get('afterSeq'));
+      const from = streamCursor(request.headers['last-event-id'], queryParam(url, 'afterSeq'));
       // Before the follow below, as the cursor is: an id the route refuses (400) is handed to neither the
       // hub nor the store's change feed (whose safety-net poll asks the store about every id followed).
       checkTaskId(route.taskId);
@@ -1038,7 +1039,7 @@ const LIST_TASKS_PER_TOKEN: number = STORE_DEFAULTS.listLimit;
  */
 function listCost(url: URL): number {
   try {
-    return Math.ceil(parseInteger(url.searchParams.get('limit'), LIST_LIMIT) / LIST_TASKS_PER_TOKEN);
+    return Math.ceil(parseInteger(queryParam(url, 'limit'), LIST_LIMIT) / LIST_TASKS_PER_TOKEN);
   } catch {
     return 1;
   }

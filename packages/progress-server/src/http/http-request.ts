@@ -91,6 +91,11 @@ export function errorBody(code: ErrorCode, message: string): { error: { code: Er
  *   refused it.)
  * - a body that is not `application/json`: only `text/plain`, form and multipart bodies can be sent
  *   cross-site without a CORS preflight, so requiring JSON puts every such request behind one.
+ *
+ * And a body whose `Content-Length` is above what the server reads (413), as the read would refuse it:
+ * refused only once 16 KiB of it had arrived, a request announcing a large body and sending a few bytes
+ * held its connection (and ran the `authenticate` hook) until `requestTimeout`, for an answer known from
+ * its headers.
  */
 export function checkMutation(request: IncomingMessage): void {
   if (request.headers.origin === undefined && request.headers.cookie !== undefined) {
@@ -102,6 +107,14 @@ export function checkMutation(request: IncomingMessage): void {
       status: 415,
     });
   }
+  if (Number(request.headers['content-length'] ?? 0) > MAX_BODY_BYTES) throw bodyTooLarge();
+}
+
+/** The 413 of a body above {@link MAX_BODY_BYTES}, announced or read. */
+function bodyTooLarge(): HttpError {
+  return new HttpError(ErrorCode.InvalidInput, `The body must be at most ${MAX_BODY_BYTES} bytes`, {
+    status: 413,
+  });
 }
 
 /**
@@ -156,6 +169,20 @@ function originRefusal(request: IncomingMessage, allowedOrigins: AllowedOrigins)
   const refused = `Origin ${echo(request.headers.origin)} not allowed`;
   if (allowedOrigins !== 'same-origin') return refused;
   return `${refused}: allowedOrigins is 'same-origin' and this request's Host is ${echo(request.headers.host)}`;
+}
+
+/**
+ * The query parameter `name` of `url` (`null` when absent), refused 400 `invalid_input` when given more
+ * than once: the first was taken and the others ignored, while a proxy, cache or firewall in front may
+ * read the last (or all of them), so the two could judge one request by different values (HTTP parameter
+ * pollution: `?limit=1&limit=1000` checked as 1 and served as 1,000, or the reverse).
+ */
+export function queryParam(url: URL, name: string): string | null {
+  const values = url.searchParams.getAll(name);
+  if (values.length > 1) {
+    throw fromCode(ErrorCode.InvalidInput, `${name} must be given at most once, got ${values.length} times`);
+  }
+  return values[0] ?? null;
 }
 
 export function parseInteger(
@@ -240,11 +267,7 @@ function readStream(request: IncomingMessage): Promise<string> {
         // What arrives until the answer is written is read and dropped; then the connection closes (see
         // `sendEncoded`).
         request.resume();
-        reject(
-          new HttpError(ErrorCode.InvalidInput, `The body must be at most ${MAX_BODY_BYTES} bytes`, {
-            status: 413,
-          }),
-        );
+        reject(bodyTooLarge());
         return;
       }
       chunks.push(chunk);

@@ -1,5 +1,6 @@
 import { request as httpRequest, type IncomingMessage, type ServerResponse } from 'node:http';
-import { afterEach, describe, expect, it } from 'vitest';
+import { connect } from 'node:net';
+import { afterEach, describe, expect, it, onTestFinished } from 'vitest';
 import type { ProgressLogger } from '../logger.js';
 import { sleep, startServer, type TestServer } from '../testing/harness.js';
 
@@ -126,5 +127,42 @@ describe('an event stream whose task is purged and created again', () => {
     expect(summary).toEqual(['snapshot 1', 'progress 2', 'snapshot 1 reset', 'completed 2']);
     expect(await streamsClosed(env)).toEqual({ finished: 1 });
     expect(env.server.health().followedTasks).toBe(0);
+  });
+});
+
+describe('an event stream whose client asked to close the connection', () => {
+  // Found by a review: the stream's headers said `Connection: keep-alive` whatever the request asked, and a
+  // `Connection` header set by the handler overrides Node's own choice: a request with `Connection: close`
+  // was answered keep-alive, and its connection left open after the stream's end (until the server's
+  // keepAliveTimeout), against RFC 9112 §9.6.
+  it('is answered Connection: close, and its connection closed once the stream ends', async () => {
+    env = await startServer();
+    const task = await env.server.tasks.create({ owner: 'alice', kind: 'k' });
+    await task.complete({ result: null });
+    const client = connect(env.port, '127.0.0.1');
+    const closed = new Promise((resolve) => client.once('close', resolve));
+    onTestFinished(() => {
+      client.destroy();
+    });
+    let text = '';
+    client.on('data', (chunk: Buffer) => {
+      text += chunk.toString('latin1');
+    });
+    client.write(
+      `GET /progress/tasks/${task.id}/stream HTTP/1.1\r\nHost: test\r\nX-User: alice\r\nConnection: close\r\n\r\n`,
+    );
+    // The header arrives with the stream's first block; the terminal snapshot ends the stream.
+    await new Promise<void>((resolve) => {
+      const check = () => {
+        if (text.includes('"snapshot"')) resolve();
+        else client.once('data', check);
+      };
+      check();
+    });
+    const head = text.slice(0, text.indexOf('\r\n\r\n')).toLowerCase();
+    expect(head).toMatch(/^http\/1\.1 200 /);
+    expect(head).toContain('\r\nconnection: close');
+    expect(head).not.toContain('keep-alive');
+    await closed;
   });
 });

@@ -141,7 +141,9 @@ const STREAM_HEADERS = Object.freeze({
   // compresses, so frames and heartbeats would arrive in bursts or only at the end; `no-transform` is
   // what they honour to pass a response through as it is.
   'cache-control': 'no-store, no-transform',
-  connection: 'keep-alive',
+  // No `Connection` header: Node keeps an HTTP/1.1 connection alive unless the request asked it closed,
+  // and one set here overrode that (a request's `Connection: close` was answered keep-alive, its
+  // connection held after the stream's end until keepAliveTimeout).
   // nginx buffers proxied responses unless told not to: events would arrive in bursts.
   'x-accel-buffering': 'no',
 });
