@@ -363,7 +363,15 @@ export class PostgresProgressStore implements ProgressStore {
    * Before the migration, so that such a database is left as it was.
    */
   async #assertStorableEncoding(): Promise<void> {
-    const { rows } = await this.#read('open', selectServerEncoding());
+    // Sent again on another connection if the one drawn was dead (an idle client of a pool the caller
+    // reused across a database restart), as every read is: open() used to need no statement on the pool
+    // with `migrate: false`.
+    const { rows } = await this.#run('open', undefined, () =>
+      readOnLiveConnection(
+        () => this.#gate.read(this.#db, (db) => runStatement(db, selectServerEncoding())),
+        this.#isClosed,
+      ),
+    );
     const encoding = rows[0]?.encoding;
     if (encoding !== undefined && !STORABLE_ENCODINGS.has(encoding)) {
       throw new ProgressError(

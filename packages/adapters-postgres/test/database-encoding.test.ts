@@ -1,9 +1,9 @@
 import { randomBytes } from 'node:crypto';
 import { ErrorCode } from '@finishline/core';
 import pg from 'pg';
-import { afterAll, describe, expect, it } from 'vitest';
-import { PostgresProgressStore } from '../src/index.js';
-import { newPool, pgUrl } from './support.js';
+import { afterAll, afterEach, describe, expect, it } from 'vitest';
+import { migrateProgressSchema, PostgresProgressStore } from '../src/index.js';
+import { eventually, freshSchemaWithAdmin, newPool, pgUrl, queryHookedPool } from './support.js';
 
 /**
  * A database whose encoding cannot hold every text core accepts is refused at open: in LATIN1, the store
@@ -13,6 +13,11 @@ import { newPool, pgUrl } from './support.js';
 
 const admin = newPool(2, 'finishline-test-admin');
 const databases: string[] = [];
+const cleanups: Array<() => Promise<unknown>> = [];
+
+afterEach(async () => {
+  for (const cleanup of cleanups.splice(0).reverse()) await cleanup().catch(() => {});
+});
 
 /** A new database in `encoding`, dropped after the file's tests; returns a pool on it. */
 async function databaseIn(encoding: string): Promise<pg.Pool> {
@@ -68,5 +73,32 @@ describe('the database encoding', () => {
         await pool.end();
       }
     }
+  });
+
+  it('is read again on another connection when the one drawn was dead, with migrate: false', async () => {
+    // Before the check, open() with `migrate: false` sent nothing on the pool it could fail on: a dead
+    // client (its backend ended while idle, as by a database restart) must not fail it now.
+    const { schema, admin: killer } = freshSchemaWithAdmin('encdead', cleanups);
+    const pool = newPool(4);
+    cleanups.push(() => pool.end());
+    await migrateProgressSchema(pool, { schema });
+    let killed = false;
+    const hooked = queryHookedPool(pool, async (client, statement, run) => {
+      if (!killed && statement.text.includes('server_encoding')) {
+        killed = true;
+        const pid = (client as unknown as { processID: number }).processID;
+        await killer.query('SELECT pg_terminate_backend($1)', [pid]);
+        await eventually('the backend ended', async () => {
+          const { rows } = await killer.query('SELECT 1 FROM pg_stat_activity WHERE pid = $1', [pid]);
+          return rows.length === 0;
+        });
+      }
+      return run();
+    });
+    const store = await PostgresProgressStore.open({ pool: hooked, schema, migrate: false });
+    cleanups.push(() => store.close());
+    expect(killed).toBe(true);
+    const task = await store.createTask({ owner: 'alice', kind: 'k' });
+    expect((await store.append(task.id, { type: 'item', key: 'é', ok: true })).event.seq).toBe(1);
   });
 });
