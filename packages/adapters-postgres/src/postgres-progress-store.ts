@@ -70,7 +70,9 @@ import {
   purgeFinished,
   readTasks,
   renewEpoch,
+  STORABLE_ENCODINGS,
   selectEpoch,
+  selectServerEncoding,
   TaskReads,
 } from './task-statements.js';
 
@@ -197,7 +199,7 @@ export class PostgresProgressStore implements ProgressStore {
    * `LISTEN` connection and starts the safety-net poll.
    *
    * @throws ProgressError `invalid_input` for bad options; `store_unavailable` when the database cannot
-   * be reached or migrated.
+   * be reached or migrated, or its encoding cannot hold every text (a database not in UTF-8: see the README).
    */
   static async open(options: PostgresProgressStoreOptions): Promise<PostgresProgressStore> {
     // `this`, not the class's name: a class that names itself in its body is bundled as
@@ -342,6 +344,7 @@ export class PostgresProgressStore implements ProgressStore {
   }
 
   async #start(): Promise<void> {
+    await this.#assertStorableEncoding();
     if (this.#options.migrate) {
       await migrateProgressSchema(this.#db as Kysely<unknown>, { schema: this.#schema });
     }
@@ -353,6 +356,29 @@ export class PostgresProgressStore implements ProgressStore {
     const read = await this.#read('getEpoch', selectEpoch(this.#meta)).catch(() => undefined);
     this.#hub.knownEpoch ??= read?.rows[0]?.value;
     this.#poll.start();
+  }
+
+  /**
+   * Refuses a database whose encoding cannot hold every text core accepts (see {@link STORABLE_ENCODINGS}).
+   * Before the migration, so that such a database is left as it was.
+   */
+  async #assertStorableEncoding(): Promise<void> {
+    // Sent again on another connection if the one drawn was dead (an idle client of a pool the caller
+    // reused across a database restart), as every read is: open() used to need no statement on the pool
+    // with `migrate: false`.
+    const { rows } = await this.#run('open', undefined, () =>
+      readOnLiveConnection(
+        () => this.#gate.read(this.#db, (db) => runStatement(db, selectServerEncoding())),
+        this.#isClosed,
+      ),
+    );
+    const encoding = rows[0]?.encoding;
+    if (encoding !== undefined && !STORABLE_ENCODINGS.has(encoding)) {
+      throw new ProgressError(
+        ErrorCode.StoreUnavailable,
+        `PostgresProgressStore: the database's encoding is ${encoding}, which cannot hold every text the store accepts (an emoji, a CJK character: appends and creations with one would fail with invalid_input); use a database created with ENCODING 'UTF8'`,
+      );
+    }
   }
 
   /** The change feed: own commits, `NOTIFY` from other processes, re-reads and the safety-net poll. */

@@ -61,6 +61,21 @@ export function insertTask(
     RETURNING id, created_at, lease_expires_at`;
 }
 
+/**
+ * The server encodings a store can use. Core accepts any text without U+0000 or a lone surrogate, and the
+ * store sends it as UTF-8 (pg's client encoding): a database in another encoding (LATIN1, WIN1252, EUC_JP…)
+ * refused every character it has no equivalent for, so the store opened and then failed appends and task
+ * creations carrying one (an emoji in an item key, a CJK result) with `invalid_input`, as if the caller's
+ * input were wrong, and a worker could not end its task with such a result. `SQL_ASCII` stores the bytes as
+ * sent, unconverted: every text comes back as it went in.
+ */
+export const STORABLE_ENCODINGS: ReadonlySet<string> = new Set(['UTF8', 'SQL_ASCII']);
+
+/** The database's encoding (`UTF8`, `LATIN1`, …). */
+export function selectServerEncoding(): RawBuilder<{ encoding: string }> {
+  return sql<{ encoding: string }>`SELECT current_setting('server_encoding') AS encoding`;
+}
+
 /** The store's epoch (no row when the schema was altered by hand). */
 export function selectEpoch(meta: RawBuilder<unknown>): RawBuilder<{ value: string }> {
   return sql<{ value: string }>`SELECT value FROM ${meta} WHERE key = 'epoch'`;

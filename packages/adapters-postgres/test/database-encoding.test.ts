@@ -1,0 +1,104 @@
+import { randomBytes } from 'node:crypto';
+import { ErrorCode } from '@finishline/core';
+import pg from 'pg';
+import { afterAll, afterEach, describe, expect, it } from 'vitest';
+import { migrateProgressSchema, PostgresProgressStore } from '../src/index.js';
+import { eventually, freshSchemaWithAdmin, newPool, pgUrl, queryHookedPool } from './support.js';
+
+/**
+ * A database whose encoding cannot hold every text core accepts is refused at open: in LATIN1, the store
+ * opened and then failed every append and task creation carrying a character LATIN1 lacks (an emoji, a CJK
+ * result) with `invalid_input`.
+ */
+
+const admin = newPool(2, 'finishline-test-admin');
+const databases: string[] = [];
+const cleanups: Array<() => Promise<unknown>> = [];
+
+afterEach(async () => {
+  for (const cleanup of cleanups.splice(0).reverse()) await cleanup().catch(() => {});
+});
+
+/** A new database in `encoding`, dropped after the file's tests; returns a pool on it. */
+async function databaseIn(encoding: string): Promise<pg.Pool> {
+  const name = `fl_enc_${randomBytes(5).toString('hex')}`;
+  databases.push(name);
+  await admin.query(
+    `CREATE DATABASE ${name} ENCODING '${encoding}' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0`,
+  );
+  const url = new URL(pgUrl());
+  url.pathname = `/${name}`;
+  const pool = new pg.Pool({ connectionString: url.toString(), max: 4, idleTimeoutMillis: 0 });
+  pool.on('error', () => {});
+  return pool;
+}
+
+afterAll(async () => {
+  for (const name of databases) await admin.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
+  await admin.end();
+});
+
+describe('the database encoding', () => {
+  it('refuses a LATIN1 database at open, before migrating it', async () => {
+    const pool = await databaseIn('LATIN1');
+    try {
+      const opening = PostgresProgressStore.open({ pool, schema: 'enc' });
+      await expect(opening).rejects.toMatchObject({
+        code: ErrorCode.StoreUnavailable,
+        message: expect.stringContaining('LATIN1'),
+      });
+      const { rows } = await pool.query(`SELECT to_regnamespace('enc') AS schema`);
+      expect(rows[0].schema).toBeNull();
+    } finally {
+      await pool.end();
+    }
+  });
+
+  it('opens a UTF8 or SQL_ASCII database, and an emoji and CJK text come back as they went in', async () => {
+    for (const encoding of ['UTF8', 'SQL_ASCII']) {
+      const pool = await databaseIn(encoding);
+      const store = await PostgresProgressStore.open({ pool, schema: 'enc' });
+      try {
+        const task = await store.createTask({ owner: 'alice', kind: 'k', message: 'snow ☃' });
+        await store.append(task.id, { type: 'item', key: 'node-😀', ok: true });
+        await store.append(task.id, { type: 'completed', result: { note: '中文', ключ: 'é' } });
+        expect(await store.getTask(task.id), encoding).toMatchObject({
+          message: 'snow ☃',
+          result: { note: '中文', ключ: 'é' },
+        });
+        const events = await store.readEvents(task.id, 0);
+        expect(events[0], encoding).toMatchObject({ item: { key: 'node-😀' } });
+      } finally {
+        await store.close();
+        await pool.end();
+      }
+    }
+  });
+
+  it('is read again on another connection when the one drawn was dead, with migrate: false', async () => {
+    // Before the check, open() with `migrate: false` sent nothing on the pool it could fail on: a dead
+    // client (its backend ended while idle, as by a database restart) must not fail it now.
+    const { schema, admin: killer } = freshSchemaWithAdmin('encdead', cleanups);
+    const pool = newPool(4);
+    cleanups.push(() => pool.end());
+    await migrateProgressSchema(pool, { schema });
+    let killed = false;
+    const hooked = queryHookedPool(pool, async (client, statement, run) => {
+      if (!killed && statement.text.includes('server_encoding')) {
+        killed = true;
+        const pid = (client as unknown as { processID: number }).processID;
+        await killer.query('SELECT pg_terminate_backend($1)', [pid]);
+        await eventually('the backend ended', async () => {
+          const { rows } = await killer.query('SELECT 1 FROM pg_stat_activity WHERE pid = $1', [pid]);
+          return rows.length === 0;
+        });
+      }
+      return run();
+    });
+    const store = await PostgresProgressStore.open({ pool: hooked, schema, migrate: false });
+    cleanups.push(() => store.close());
+    expect(killed).toBe(true);
+    const task = await store.createTask({ owner: 'alice', kind: 'k' });
+    expect((await store.append(task.id, { type: 'item', key: 'é', ok: true })).event.seq).toBe(1);
+  });
+});
