@@ -272,8 +272,17 @@ export class Subscription implements WrittenLog {
     ) {
       this.#terminalAcked = true;
       this.#ctx.metrics.unackedTerminals.dec();
-      const seconds = Math.max(0, this.#ctx.clock() - this.#terminalSentAt) / 1000;
-      this.#ctx.metrics.terminalAckLatency.observe(seconds);
+      // A clock that throws (one that returned NaN once) loses this sample, not the ack: thrown on, the
+      // ack never reached the store, and the client's re-ack was taken for a repeat.
+      let now: number | undefined;
+      try {
+        now = this.#ctx.clock();
+      } catch {
+        now = undefined;
+      }
+      if (now !== undefined) {
+        this.#ctx.metrics.terminalAckLatency.observe(Math.max(0, now - this.#terminalSentAt) / 1000);
+      }
     }
     return 'advanced';
   }
