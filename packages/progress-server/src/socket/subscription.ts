@@ -339,8 +339,13 @@ export class Subscription implements WrittenLog {
     this.#terminalSeq = seq;
     this.#terminalFrame = text;
     if (this.#terminalSentAt === undefined) {
-      this.#terminalSentAt = this.#ctx.clock();
-      this.#ctx.metrics.unackedTerminals.inc();
+      try {
+        this.#terminalSentAt = this.#ctx.clock();
+        this.#ctx.metrics.unackedTerminals.inc();
+      } catch {
+        // A clock that throws (one that returned NaN once) loses the latency sample, not the re-sends:
+        // thrown on, the frame had gone out but its re-sends were never scheduled.
+      }
     }
     return true;
   }
