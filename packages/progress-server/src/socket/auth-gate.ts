@@ -227,6 +227,20 @@ export class AuthGate<P extends Principal> {
     if (next !== undefined && this.#host.state() === 'open') this.renew(next);
   }
 
+  /**
+   * Whether the socket's credential is still in force; once it expired, the socket ends (4011, as at its
+   * expiry timer) and `false`. Asked before anything of a task goes out: the timer alone let a
+   * subscribe whose `authorize` (or task read) outlasted the credential send its snapshot after the
+   * expiry, and a renewal's re-check its held events, whenever the answer came before the timer ran (a
+   * busy event loop fires it late; a clock of the application's runs apart from it).
+   */
+  inForce(): boolean {
+    const principal = this.#principal;
+    if (principal === undefined || !this.#expired(principal)) return true;
+    this.#expire();
+    return false;
+  }
+
   /** Ends the socket: an `error` frame saying why, then the matching close code. */
   refuse(code: ErrorCode, closeCode: number, message: string): void {
     this.#host.metrics.framesRejected.inc({ code });

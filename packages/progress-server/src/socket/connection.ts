@@ -117,7 +117,8 @@ export class Connection<P extends Principal> {
       roundTrips: ctx.roundTrips,
       // Acks come only from an authenticated socket: by the first sample, the principal is known.
       principalId: () => (this.#gate.principal as P).id,
-      isOpen,
+      // Nothing of a task goes out under an expired credential (see `AuthGate.inForce`).
+      isOpen: () => this.#state === 'open' && this.#gate.inForce(),
       guard,
       log: (taskId) => this.#subs.get(taskId),
       // Events are queued only for subscriptions, so after authentication: the principal is known.
@@ -218,6 +219,8 @@ export class Connection<P extends Principal> {
   tick(): void {
     this.#guard(() => {
       if (this.#state !== 'open' || this.#ws.readyState !== WebSocket.OPEN) return;
+      // A heartbeat names the followed tasks and their seqs.
+      if (!this.#gate.inForce()) return;
       // Only a pong proves the peer reads (a peer that keeps sending frames but stops reading would
       // otherwise stay for ever, with everything sent to it buffered here). A peer still working through
       // a backlog has not reached the ping yet: its buffer shrank since, so it is spared another interval.

@@ -163,3 +163,37 @@ describe('the server clock in frames', () => {
     expect((error as Error).message).toContain('ProgressServer: clock');
   });
 });
+
+describe('a clock that throws while an ack is handled', () => {
+  // Found by a review (7 December 2026): the ack of a terminal event reads the clock twice (its push→ack
+  // latency, its round trip for the terminal re-send's timeout), and a clock that threw at either (one
+  // that returned NaN once) failed the frame before its ack reached the store: the task's processed mark
+  // was lost, and the client's re-ack was taken for a repeat.
+  it.each([
+    ['its latency', 0],
+    ['its round trip', 1],
+  ])('records the ack of a terminal event when the clock throws as %s is read', async (_read, skip) => {
+    let readsToSkip = Number.POSITIVE_INFINITY;
+    const env = await session.start({
+      clock: () => {
+        if (readsToSkip-- === 0) return Number.NaN;
+        return Date.now();
+      },
+      // No re-send timer reads the clock while the ack is on its way.
+      terminalRetry: { initialDelayMs: 60_000, maxDelayMs: 60_000 },
+      heartbeatIntervalMs: 60_000,
+    });
+    const task = await env.server.tasks.create({ owner: 'alice', kind: 'k' });
+    const client = await session.connect({ user: 'alice' });
+    client.send({ type: 'subscribe', taskId: task.id, afterSeq: 0 });
+    await client.next((frame) => frame.type === 'snapshot');
+    await task.complete();
+    const terminal = await client.next((frame) => frame.type === 'event');
+    readsToSkip = skip;
+    client.send({ type: 'ack', taskId: task.id, seq: (terminal.event as { seq: number }).seq });
+    await client.sync();
+    readsToSkip = Number.POSITIVE_INFINITY;
+    await env.server.close({ timeoutMs: 1000 });
+    expect((await env.store.getTask(task.id))?.ackedSeq).toBe(1);
+  });
+});

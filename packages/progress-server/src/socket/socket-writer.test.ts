@@ -7,7 +7,7 @@ import {
   type TaskView,
 } from '@finishline/core';
 import { TERMINAL_RETRY_DEFAULTS } from '@finishline/core/internal';
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import WebSocket from 'ws';
 import { StoreEpoch } from '../hub/store-epoch.js';
 import { silentLogger } from '../logger.js';
@@ -15,6 +15,7 @@ import { ServerMetrics } from '../metrics.js';
 import { PrincipalLimits, type QueuedBytesBound } from '../principal-limits.js';
 import type { WrittenLog } from './socket-writer.js';
 import { SocketWriter } from './socket-writer.js';
+import { Subscription, type SubscriptionContext } from './subscription.js';
 
 /** A writer over a stand-in socket whose `bufferedAmount` the test sets; `sent` is what reached it. */
 function writerOver(
@@ -259,5 +260,58 @@ describe('SocketWriter over maxQueuedBytesPerPrincipal', () => {
     writer.released(2, 120_000);
     writer.stop();
     expect(limits.usage('alice').queuedBytes).toBe(0);
+  });
+});
+
+describe('SocketWriter and a clock that throws', () => {
+  // Found by a review (7 December 2026): the subscription reads the clock as its terminal frame first goes
+  // out (the push→ack latency), and a clock that threw there (one that returned NaN once) failed the
+  // write after the frame had gone: its re-sends were never scheduled, and a frame lost to a proxy was
+  // never sent again on that socket.
+  it('re-sends a terminal frame whose first send met a clock that threw', async () => {
+    const store = new MemoryProgressStore();
+    const sent: string[] = [];
+    const ws = { readyState: WebSocket.OPEN, bufferedAmount: 0, send: (text: string) => sent.push(text) };
+    const metrics = new ServerMetrics({ registry: undefined, prefix: 'test_', feed: store.changes });
+    let throwNext = false;
+    const clock = (): number => {
+      if (!throwNext) return Date.now();
+      throwNext = false;
+      throw new Error('the clock returned NaN');
+    };
+    let sub: Subscription | undefined;
+    const writer = new SocketWriter({
+      ws: ws as unknown as WebSocket,
+      options: {
+        clock: Date.now,
+        terminalRetry: { initialDelayMs: 10, multiplier: 1, maxDelayMs: 10 },
+        highWaterMarkBytes: 1024,
+        backpressurePollMs: 10,
+        maxQueuedFrames: 100,
+        maxQueuedBytes: 1024 * 1024,
+      },
+      metrics,
+      logger: silentLogger,
+      connectionId: 1,
+      version: PROTOCOL_VERSION,
+      epoch: new StoreEpoch(store, silentLogger),
+      isOpen: () => true,
+      guard: (fn) => fn(),
+      overflow: () => undefined,
+      log: () => sub,
+    });
+    sub = new Subscription('a', { writer, metrics, clock } as unknown as SubscriptionContext);
+    const completed = {
+      taskId: 'a',
+      seq: 1,
+      time: 1,
+      type: 'completed',
+      progress: { total: null, done: 0, succeeded: 0, failed: 0 },
+    } as unknown as TaskEvent;
+    throwNext = true;
+    writer.pushEvent(completed, sub);
+    await vi.waitFor(() => expect(sent.length).toBeGreaterThanOrEqual(2));
+    expect(sent[1]).toBe(sent[0]);
+    writer.stop();
   });
 });

@@ -272,8 +272,17 @@ export class Subscription implements WrittenLog {
     ) {
       this.#terminalAcked = true;
       this.#ctx.metrics.unackedTerminals.dec();
-      const seconds = Math.max(0, this.#ctx.clock() - this.#terminalSentAt) / 1000;
-      this.#ctx.metrics.terminalAckLatency.observe(seconds);
+      // A clock that throws (one that returned NaN once) loses this sample, not the ack: thrown on, the
+      // ack never reached the store, and the client's re-ack was taken for a repeat.
+      let now: number | undefined;
+      try {
+        now = this.#ctx.clock();
+      } catch {
+        now = undefined;
+      }
+      if (now !== undefined) {
+        this.#ctx.metrics.terminalAckLatency.observe(Math.max(0, now - this.#terminalSentAt) / 1000);
+      }
     }
     return 'advanced';
   }
@@ -330,8 +339,13 @@ export class Subscription implements WrittenLog {
     this.#terminalSeq = seq;
     this.#terminalFrame = text;
     if (this.#terminalSentAt === undefined) {
-      this.#terminalSentAt = this.#ctx.clock();
-      this.#ctx.metrics.unackedTerminals.inc();
+      try {
+        this.#terminalSentAt = this.#ctx.clock();
+        this.#ctx.metrics.unackedTerminals.inc();
+      } catch {
+        // A clock that throws (one that returned NaN once) loses the latency sample, not the re-sends:
+        // thrown on, the frame had gone out but its re-sends were never scheduled.
+      }
     }
     return true;
   }

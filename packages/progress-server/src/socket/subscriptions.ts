@@ -372,10 +372,12 @@ export class Subscriptions<P extends Principal> {
         );
         return;
       case 'advanced':
-        this.#ctx.writer.acked(frame.taskId, frame.seq);
         if (sub.authorized) this.#ctx.acks.ack(frame.taskId, frame.seq, sub.ackRun);
         // Of what an earlier stream sent, while the new one loads: the id may be another run's by now.
         else this.#ctx.acks.ackOfRun(frame.taskId, frame.seq, sub.ackRun);
+        // After the store's record: the re-sends' bookkeeping reads the clock, which may throw (one that
+        // returned NaN once), and the ack, taken already, would not come again.
+        this.#ctx.writer.acked(frame.taskId, frame.seq);
         return;
       default:
         return;

@@ -670,3 +670,96 @@ describe('token renewal: the re-check window', () => {
     },
   );
 });
+
+describe('a credential that expires while a check of the socket runs', () => {
+  // Found by a review (7 December 2026): expiry was enforced by a timer only, so a subscribe whose
+  // `authorize` answered after the credential expired but before the timer ran (a busy event loop fires
+  // it late; a clock of the application's runs apart from it) had its snapshot sent under an expired
+  // credential, and a renewal's re-check its held events. The clock here stands still unless moved, so
+  // the expiry timer (armed a minute ahead in real time) never runs during the test.
+  type Scoped = Principal & { scope: string };
+  async function startOnClock(
+    clock: ManualClock,
+    held: { promise: Promise<void> },
+    heartbeatIntervalMs = 60_000,
+  ): Promise<TestServer> {
+    return session.start({
+      authenticate: () => null,
+      /** Tokens `<user>:<ms of validity on the clock>:<scope>`; the `authorize` of scope `slow` waits for `held`. */
+      authenticateToken: (token): Scoped | null => {
+        const [id, validMs, scope] = token.split(':');
+        if (id === undefined || scope === undefined) return null;
+        return { id, scope, expiresAt: clock.now() + Number(validMs) };
+      },
+      authorize: async (principal, task) => {
+        if ((principal as Scoped).scope === 'slow') await held.promise;
+        return task.owner === principal.id;
+      },
+      clock: clock.now,
+      heartbeatIntervalMs,
+    });
+  }
+
+  /** `client` was closed 4011 with `token_expired`, and sent no event or snapshot after `from`. */
+  async function expectExpiredUnsent(client: RawClient, from: number): Promise<void> {
+    const taskFrame = (frame: Received) => frame.type === 'event' || frame.type === 'snapshot';
+    const closed = await Promise.race([
+      client.closed,
+      client.next(taskFrame, { from }).then(() => ({ code: 'sent a frame of the task' })),
+    ]);
+    expect(closed.code).toBe(4011);
+    expect(client.frames.at(-1)).toMatchObject({ type: 'error', code: 'token_expired' });
+    expect(client.frames.slice(from).filter(taskFrame)).toEqual([]);
+  }
+
+  it("sends no snapshot for a subscribe whose authorize answers after the credential's expiry", async () => {
+    const clock = new ManualClock();
+    const held = gate();
+    const { server } = await startOnClock(clock, held);
+    const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    const client = await authed('alice:60000:slow');
+    const from = client.frames.length;
+    client.send({ type: 'subscribe', taskId: task.id, afterSeq: 0 });
+    await client.sync();
+    clock.advance(60_001);
+    held.open();
+    await expectExpiredUnsent(client, from);
+  });
+
+  it("sends nothing a renewal's re-check held once the renewed credential expired during it", async () => {
+    const clock = new ManualClock();
+    const held = gate();
+    const { server } = await startOnClock(clock, held);
+    const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    const client = await authed('alice:600000:fast');
+    client.send({ type: 'subscribe', taskId: task.id, afterSeq: 0 });
+    await client.next((frame) => frame.type === 'snapshot');
+    const from = client.frames.length;
+    client.send({ type: 'auth', token: 'alice:60000:slow', protocol: 2 });
+    await client.next((frame) => frame.type === 'hello', { from });
+    await task.progress({ done: 1 });
+    await client.sync();
+    clock.advance(60_001);
+    held.open();
+    await expectExpiredUnsent(client, from);
+  });
+
+  it('sends no heartbeat, which names the tasks followed, once the credential expired', async () => {
+    const clock = new ManualClock();
+    const { server } = await startOnClock(clock, gate(), 20);
+    const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    const client = await authed('alice:60000:fast');
+    client.send({ type: 'subscribe', taskId: task.id, afterSeq: 0 });
+    await client.next((frame) => frame.type === 'snapshot');
+    await client.next((frame) => frame.type === 'heartbeat');
+    clock.advance(60_001);
+    const from = client.frames.length;
+    // One heartbeat may have been on its way when the clock moved; a second was sent after.
+    const heartbeats = () => client.frames.slice(from).filter((frame) => frame.type === 'heartbeat').length;
+    const closed = await Promise.race([
+      client.closed,
+      client.next(() => heartbeats() >= 2).then(() => ({ code: 'sent heartbeats' })),
+    ]);
+    expect(closed.code).toBe(4011);
+  });
+});
