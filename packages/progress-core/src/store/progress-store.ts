@@ -78,7 +78,8 @@ export interface PurgeOptions {
 /**
  * The storage seam: tasks, their event logs, acks, leases, retention and a change feed. Every method
  * validates its arguments and rejects with a {@link ProgressError} (`invalid_input`, `task_not_found`,
- * `task_finished`, `lease_held`, `store_unavailable`, `closed`); none throws synchronously. Stores validate
+ * `task_finished`, `lease_held`, `store_unavailable`, `closed`); none throws synchronously. An argument
+ * whose reading throws (a getter, a Proxy trap) is `invalid_input` too, with the thrown error as `cause`. Stores validate
  * with the shared parsers of `inputs.ts` and change tasks only through the shared transitions of
  * `task-transitions.ts`, so they agree to the field.
  *
