@@ -96,7 +96,8 @@ export interface PurgeOptions {
  *   store keeps no reference to its inputs.
  * - **Time.** Every timestamp (`createdAt`, event `time`, lease expiry, retention age) comes from the
  *   store's injected `Clock`; a store shared by replicas may take lease times and `createdAt` from its
- *   database's clock when no clock was injected (the Postgres store does: see its `clock` option).
+ *   database's clock when no clock was injected (the Postgres store does: see its `clock` option). A call
+ *   that reads a clock which returns no time (`NaN`, a negative number) or throws rejects with `internal`.
  * - **Close.** `close()` may be called more than once; after the first call every other method rejects
  *   with `closed`.
  *
