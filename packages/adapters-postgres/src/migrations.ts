@@ -17,6 +17,7 @@ import { guardedPool } from './guarded-pool.js';
 import { lockingTransaction } from './locking-transaction.js';
 import { isDatabaseError } from './pg-errors.js';
 import type { PgPool } from './postgres-store-options.js';
+import { assertStorableEncoding } from './task-statements.js';
 
 /**
  * Versioned migrations of the store's schema, applied with kysely's `Migrator` (one transaction, an
@@ -214,7 +215,8 @@ const MIGRATE_OPTIONS = {
  *
  * @throws ProgressError `invalid_input` for a bad schema name, or a `target` that is neither a Kysely
  * instance nor a pool; `store_unavailable` (with the cause) when the database fails or already holds a
- * migration this package does not know (a newer version ran).
+ * migration this package does not know (a newer version ran); `store_unavailable`, nothing created, when the
+ * database's encoding is not UTF-8 (or `SQL_ASCII`), which every store refuses at `open()`.
  *
  * @example
  * ```ts
@@ -270,11 +272,14 @@ async function migrate(db: Kysely<unknown>, schema: string): Promise<string[]> {
     // session's transaction_timeout (Postgres 17; read from pg_settings, so an older server, which has no such
     // setting, sets nothing rather than failing), which ended the session of a replica that waited longer
     // than it; off for the whole transaction (its statements are a migration's few DDL statements).
-    const { rows } = await sql<{ timeout: string }>`
+    // The database's encoding too, refused before anything is created (see assertStorableEncoding).
+    const { rows } = await sql<{ timeout: string; encoding: string }>`
       SELECT current_setting('statement_timeout') AS timeout,
+             current_setting('server_encoding') AS encoding,
              set_config('statement_timeout', '0', true), set_config('lock_timeout', '3600000', true),
              (SELECT count(set_config(name, '0', true)) FROM pg_catalog.pg_settings
               WHERE name = 'transaction_timeout') AS transaction_timeout`.execute(trx);
+    assertStorableEncoding(rows[0]?.encoding, 'migrateProgressSchema');
     await sql`SELECT pg_advisory_xact_lock(${sql.lit(MIGRATION_LOCK_ID)})`.execute(trx);
     await sql`SELECT set_config('statement_timeout', ${rows[0]?.timeout ?? '0'}, true)`.execute(trx);
     const migrator = new Migrator({
@@ -296,6 +301,8 @@ async function migrate(db: Kysely<unknown>, schema: string): Promise<string[]> {
     // migrations the one before it committed meanwhile, which a snapshot taken at the lock's statement hides.
     results = await lockingTransaction(db).execute(run);
   } catch (error) {
+    // The encoding's refusal as it is: its message is the one open() gives.
+    if (error instanceof ProgressError) throw error;
     throw new ProgressError(
       ErrorCode.StoreUnavailable,
       `Migrating schema ${schema} failed: ${error instanceof Error ? error.message : String(error)}`,

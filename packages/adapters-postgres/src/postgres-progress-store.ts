@@ -64,13 +64,13 @@ import { type LatestState, SafetyNetPoll } from './safety-net-poll.js';
 import type { ProgressDatabase } from './schema.js';
 import { type BatchedCall, StatementBatcher } from './statement-batcher.js';
 import {
+  assertStorableEncoding,
   insertTask,
   listTasks,
   type PurgeTarget,
   purgeFinished,
   readTasks,
   renewEpoch,
-  STORABLE_ENCODINGS,
   selectEpoch,
   selectServerEncoding,
   TaskReads,
@@ -372,13 +372,7 @@ export class PostgresProgressStore implements ProgressStore {
         this.#isClosed,
       ),
     );
-    const encoding = rows[0]?.encoding;
-    if (encoding !== undefined && !STORABLE_ENCODINGS.has(encoding)) {
-      throw new ProgressError(
-        ErrorCode.StoreUnavailable,
-        `PostgresProgressStore: the database's encoding is ${encoding}, which cannot hold every text the store accepts (an emoji, a CJK character: appends and creations with one would fail with invalid_input); use a database created with ENCODING 'UTF8'`,
-      );
-    }
+    assertStorableEncoding(rows[0]?.encoding, 'PostgresProgressStore');
   }
 
   /** The change feed: own commits, `NOTIFY` from other processes, re-reads and the safety-net poll. */

@@ -83,7 +83,7 @@ export interface PostgresProgressStoreOptions {
   /**
    * Source of every timestamp the store writes (creation, events, retention age), and, when given, of lease
    * times too. Read in whole milliseconds (`bigint` columns): a fraction is dropped, and a value that is no
-   * time (`NaN`, a negative number) rejects the call with `internal`.
+   * time (`NaN`, a negative number), or a throw, rejects the call with `internal`.
    *
    * Without it, lease times (the expiry a creation or a renewal writes, and the time the reaper finds a
    * lease expired at) and a task's `createdAt` (its run, see `RunFence`) come from the database's clock

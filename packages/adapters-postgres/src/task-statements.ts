@@ -1,4 +1,4 @@
-import type { Task } from '@finishline/core';
+import { ErrorCode, ProgressError, type Task } from '@finishline/core';
 import { type Kysely, type RawBuilder, sql } from 'kysely';
 import type { AppendTarget } from './append-pipeline.js';
 import type { ConnectionGate } from './connection-gate.js';
@@ -74,6 +74,22 @@ export const STORABLE_ENCODINGS: ReadonlySet<string> = new Set(['UTF8', 'SQL_ASC
 /** The database's encoding (`UTF8`, `LATIN1`, …). */
 export function selectServerEncoding(): RawBuilder<{ encoding: string }> {
   return sql<{ encoding: string }>`SELECT current_setting('server_encoding') AS encoding`;
+}
+
+/**
+ * Refuses `encoding` (the database's, as `current_setting('server_encoding')` reads it) unless it is in
+ * {@link STORABLE_ENCODINGS}: the one check of `open()` and of `migrateProgressSchema`, so that a migration
+ * run alone (a deployment step) does not prepare a database every store will refuse. `who` starts the message.
+ *
+ * @throws ProgressError `store_unavailable`, naming the encoding.
+ */
+export function assertStorableEncoding(encoding: string | undefined, who: string): void {
+  if (encoding !== undefined && !STORABLE_ENCODINGS.has(encoding)) {
+    throw new ProgressError(
+      ErrorCode.StoreUnavailable,
+      `${who}: the database's encoding is ${encoding}, which cannot hold every text the store accepts (an emoji, a CJK character: appends and creations with one would fail with invalid_input); use a database created with ENCODING 'UTF8'`,
+    );
+  }
 }
 
 /** The store's epoch (no row when the schema was altered by hand). */

@@ -54,10 +54,27 @@ describe('the database encoding', () => {
     }
   });
 
+  it('refuses a LATIN1 database in migrateProgressSchema run alone, creating nothing', async () => {
+    // A deployment step that migrates before any store opens: it prepared a database every store refuses.
+    const pool = await databaseIn('LATIN1');
+    try {
+      await expect(migrateProgressSchema(pool, { schema: 'enc' })).rejects.toMatchObject({
+        code: ErrorCode.StoreUnavailable,
+        message: expect.stringMatching(/^migrateProgressSchema: the database's encoding is LATIN1/),
+      });
+      const { rows } = await pool.query(`SELECT to_regnamespace('enc') AS schema`);
+      expect(rows[0].schema).toBeNull();
+    } finally {
+      await pool.end();
+    }
+  });
+
   it('opens a UTF8 or SQL_ASCII database, and an emoji and CJK text come back as they went in', async () => {
     for (const encoding of ['UTF8', 'SQL_ASCII']) {
       const pool = await databaseIn(encoding);
-      const store = await PostgresProgressStore.open({ pool, schema: 'enc' });
+      // Migrated alone first, as a deployment step does: the encoding passes there too.
+      expect(await migrateProgressSchema(pool, { schema: 'enc' }), encoding).not.toHaveLength(0);
+      const store = await PostgresProgressStore.open({ pool, schema: 'enc', migrate: false });
       try {
         const task = await store.createTask({ owner: 'alice', kind: 'k', message: 'snow ☃' });
         await store.append(task.id, { type: 'item', key: 'node-😀', ok: true });

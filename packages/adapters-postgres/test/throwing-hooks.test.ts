@@ -69,6 +69,36 @@ describe('a hook that throws', () => {
     await eventually('the change after the replacement', () => recorder.has('x', 1));
   });
 
+  it('clock: a call that reads a clock which throws rejects with internal, the throw as its cause', async () => {
+    // Until 7 December 2026 createTask, reapExpiredLeases and purgeFinished rejected with the bare error (no
+    // code) and append and renewLease with store_unavailable, as if the database had failed.
+    const schema = await migrated();
+    const thrown = new Error('clock broke');
+    let broken = false;
+    const store = await open({
+      schema,
+      clock: () => {
+        if (broken) throw thrown;
+        return Date.now();
+      },
+    });
+    await store.createTask({ id: 'x', owner: 'alice', kind: 'k' });
+    broken = true;
+    const calls: Array<[string, () => Promise<unknown>]> = [
+      ['createTask', () => store.createTask({ id: 'y', owner: 'alice', kind: 'k' })],
+      ['append', () => store.append('x', { type: 'progress' })],
+      ['renewLease', () => store.renewLease('x', 'worker-1', 1_000)],
+      ['reapExpiredLeases', () => store.reapExpiredLeases()],
+      ['purgeFinished', () => store.purgeFinished({ olderThanMs: 0 })],
+    ];
+    for (const [what, call] of calls) {
+      await expect(call(), what).rejects.toMatchObject({ code: ErrorCode.Internal, cause: thrown });
+    }
+    broken = false;
+    expect(await store.getTask('y')).toBeUndefined();
+    expect(await store.getTask('x')).toMatchObject({ seq: 0, leaseOwner: null });
+  });
+
   it('onListenerError: an append whose listener throws still settles, and the other listeners hear it', async () => {
     const schema = await migrated();
     const store = await open({

@@ -44,8 +44,8 @@ export interface SqliteProgressStoreOptions {
   /**
    * Source of every timestamp (creation, events, lease expiry, retention age). Tests pass
    * `ManualClock.now`. All processes sharing a file should use the same clock source. Read in whole
-   * milliseconds: a fraction is dropped, and a value that is no time (`NaN`, negative) rejects the call
-   * with `internal`.
+   * milliseconds: a fraction is dropped, and a value that is no time (`NaN`, negative), or a throw,
+   * rejects the call with `internal`.
    * @default systemClock (`Date.now`)
    */
   clock?: Clock | undefined;

@@ -168,8 +168,24 @@ export const appendSchema: v.GenericSchema = v.variant('type', [
   v.strictObject({ type: v.literal('interrupted'), reason: shortTextSchema }),
 ]);
 
+/**
+ * `invalid_input` for an argument whose reading threw (a getter, a Proxy trap): bad input, not a store
+ * failure. Until 7 December 2026 every store but for events let it through bare, without a code.
+ */
+function readingThrew(error: unknown, what: string): ProgressError {
+  const reason = error instanceof Error && typeof error.message === 'string' ? `: ${error.message}` : '';
+  return new ProgressError(ErrorCode.InvalidInput, `Invalid ${what}: reading it threw${reason}`, {
+    cause: error,
+  });
+}
+
 function parseOrThrow<T>(schema: v.GenericSchema<unknown, T>, input: unknown, what: string): T {
-  const parsed = v.safeParse(schema, input);
+  let parsed: v.SafeParseResult<v.GenericSchema<unknown, T>>;
+  try {
+    parsed = v.safeParse(schema, input);
+  } catch (error) {
+    throw readingThrew(error, what);
+  }
   if (!parsed.success) {
     throw new ProgressError(ErrorCode.InvalidInput, `Invalid ${what}: ${describeIssues(parsed.issues)}`);
   }
@@ -210,13 +226,10 @@ export function parseAppendInput(input: unknown): AppendInput {
     return parsed.type === 'progress' ? withoutNegativeZero(parsed) : parsed;
   } catch (error) {
     if (error instanceof ProgressError) throw error;
-    // Reading the input threw (a getter, a Proxy trap; a worker's return value becomes `detail`): that is
-    // bad input, not a store failure. Untyped, the SQLite store called it `internal` and the memory store
-    // rejected with the bare error, so `runBatch` could not drop the value and failed the whole batch.
-    const reason = error instanceof Error && typeof error.message === 'string' ? `: ${error.message}` : '';
-    throw new ProgressError(ErrorCode.InvalidInput, `Invalid event: reading it threw${reason}`, {
-      cause: error,
-    });
+    // Reading the input threw (a getter, a Proxy trap; a worker's return value becomes `detail`). Untyped,
+    // the SQLite store called it `internal` and the memory store rejected with the bare error, so
+    // `runBatch` could not drop the value and failed the whole batch.
+    throw readingThrew(error, 'event');
   }
 }
 
@@ -301,7 +314,12 @@ export function parseRunFence(options: unknown): number | undefined {
   if (typeof options !== 'object' || options === null) {
     throw new ProgressError(ErrorCode.InvalidInput, 'Fence options must be an object');
   }
-  const { run } = options as { run?: unknown };
+  let run: unknown;
+  try {
+    run = (options as { run?: unknown }).run;
+  } catch (error) {
+    throw readingThrew(error, 'fence options');
+  }
   if (run === undefined) return undefined;
   if (typeof run !== 'number' || !Number.isSafeInteger(run) || run < 0) {
     throw new ProgressError(ErrorCode.InvalidInput, "run must be an integer ≥ 0 (a task's createdAt)");
@@ -316,7 +334,12 @@ export function parseRunFence(options: unknown): number | undefined {
  */
 export function parseFenceOwner(options: unknown): string | undefined {
   if (typeof options !== 'object' || options === null) return undefined;
-  const { owner } = options as { owner?: unknown };
+  let owner: unknown;
+  try {
+    owner = (options as { owner?: unknown }).owner;
+  } catch (error) {
+    throw readingThrew(error, 'fence options');
+  }
   if (owner === undefined) return undefined;
   const problem = idProblem(owner);
   if (problem !== undefined)

@@ -39,6 +39,32 @@ describe('MemoryProgressStore', () => {
     }
   });
 
+  it('refuses a clock that throws with internal, the throw as its cause, and writes nothing', async () => {
+    // Until 7 December 2026 the bare error reached the caller, with no code.
+    const thrown = new Error('clock broke');
+    let broken = false;
+    const store = new MemoryProgressStore({
+      clock: () => {
+        if (broken) throw thrown;
+        return 1_000;
+      },
+    });
+    await store.createTask({ id: 'task-1', owner: 'alice', kind: 'batch' });
+    broken = true;
+    const calls: Array<[string, () => Promise<unknown>]> = [
+      ['createTask', () => store.createTask({ id: 'task-2', owner: 'alice', kind: 'batch' })],
+      ['append', () => store.append('task-1', { type: 'progress' })],
+      ['renewLease', () => store.renewLease('task-1', 'worker-1', 1_000)],
+      ['reapExpiredLeases', () => store.reapExpiredLeases()],
+      ['purgeFinished', () => store.purgeFinished({ olderThanMs: 0 })],
+    ];
+    for (const [what, call] of calls) {
+      await expect(call(), what).rejects.toMatchObject({ code: ErrorCode.Internal, cause: thrown });
+    }
+    expect(await store.getTask('task-2')).toBeUndefined();
+    expect(await store.getTask('task-1')).toMatchObject({ seq: 0, leaseOwner: null });
+  });
+
   it('rejects bad options at construction with invalid_input', () => {
     const bad: unknown[] = [{ clock: 42 }, { onListenerError: 'log' }, { colour: 'red' }, null, 'options'];
     for (const options of bad) {

@@ -48,7 +48,7 @@ export interface MemoryProgressStoreOptions {
   /**
    * Source of every timestamp (creation, events, lease expiry, retention age). Tests pass
    * `ManualClock.now` to drive leases without sleeping. Read in whole milliseconds: a fraction is
-   * dropped, and a value that is no time (`NaN`, negative) rejects the call with `internal`.
+   * dropped, and a value that is no time (`NaN`, negative), or a throw, rejects the call with `internal`.
    * @default systemClock (`Date.now`)
    */
   clock?: Clock | undefined;

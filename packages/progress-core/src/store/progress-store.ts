@@ -78,7 +78,8 @@ export interface PurgeOptions {
 /**
  * The storage seam: tasks, their event logs, acks, leases, retention and a change feed. Every method
  * validates its arguments and rejects with a {@link ProgressError} (`invalid_input`, `task_not_found`,
- * `task_finished`, `lease_held`, `store_unavailable`, `closed`); none throws synchronously. Stores validate
+ * `task_finished`, `lease_held`, `store_unavailable`, `closed`); none throws synchronously. An argument
+ * whose reading throws (a getter, a Proxy trap) is `invalid_input` too, with the thrown error as `cause`. Stores validate
  * with the shared parsers of `inputs.ts` and change tasks only through the shared transitions of
  * `task-transitions.ts`, so they agree to the field.
  *
@@ -95,7 +96,8 @@ export interface PurgeOptions {
  *   store keeps no reference to its inputs.
  * - **Time.** Every timestamp (`createdAt`, event `time`, lease expiry, retention age) comes from the
  *   store's injected `Clock`; a store shared by replicas may take lease times and `createdAt` from its
- *   database's clock when no clock was injected (the Postgres store does: see its `clock` option).
+ *   database's clock when no clock was injected (the Postgres store does: see its `clock` option). A call
+ *   that reads a clock which returns no time (`NaN`, a negative number) or throws rejects with `internal`.
  * - **Close.** `close()` may be called more than once; after the first call every other method rejects
  *   with `closed`.
  *

@@ -18,13 +18,25 @@ import { ProgressError } from '../progress-error.js';
  * made every snapshot of the task an invalid frame for clients), a run fence is a `createdAt` and must be
  * an integer, and Postgres refuses a fraction in a `bigint` column. A clock with sub-millisecond precision
  * (`() => performance.timeOrigin + performance.now()`) is therefore rounded down, and one that returns no
- * time at all (`NaN`, a negative number, a string) is refused with `internal` on the call that read it.
+ * time at all (`NaN`, a negative number, a string) or throws is refused with `internal` (the thrown error
+ * as its `cause`) on the call that read it.
  *
  * @param where - names the option in the error, for example `MemoryProgressStore: clock`.
  */
 export function wholeMillisecondClock(clock: Clock, where: string): Clock {
   return () => {
-    const now = clock();
+    let now: number;
+    try {
+      now = clock();
+    } catch (error) {
+      // Like a clock that returns no time: the store's failure, not the call's input. Bare, it reached
+      // the caller without a code (and a server answered it as an unknown error).
+      throw new ProgressError(
+        ErrorCode.Internal,
+        `${where} threw${error instanceof Error && typeof error.message === 'string' ? `: ${error.message}` : ''}`,
+        { cause: error },
+      );
+    }
     if (Number.isSafeInteger(now) && now >= 0) return now;
     if (typeof now === 'number' && now >= 0 && now <= LIMITS.maxCount) return Math.floor(now);
     throw new ProgressError(

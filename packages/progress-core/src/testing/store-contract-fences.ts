@@ -211,6 +211,31 @@ export function describeFenceContract(ctx: ContractContext): void {
       expect(await ctx.store.getTask('task-1'), 'task after the refused writes').toEqual(task);
     });
 
+    it('rejects an argument whose reading throws (a getter, a Proxy) with invalid_input and writes nothing', async () => {
+      // Until 7 December 2026 the memory and Postgres stores rejected with the bare error (no code) and the
+      // SQLite store with `internal`: a caller's bad object is bad input, not a store failure.
+      const task = await ctx.store.createTask(taskInput({ id: 'task-1' }));
+      const fail = () => {
+        throw new Error('reading failed');
+      };
+      const fence = Object.defineProperty({}, 'run', { get: fail, enumerable: true });
+      const trapped = new Proxy({}, { get: fail, has: fail, ownKeys: fail, getOwnPropertyDescriptor: fail });
+      const calls: Array<[string, () => Promise<unknown>]> = [
+        ['append fence', () => ctx.store.append('task-1', { type: 'completed' }, bad(fence))],
+        ['append fence (Proxy)', () => ctx.store.append('task-1', { type: 'completed' }, bad(trapped))],
+        ['renewLease fence', () => ctx.store.renewLease('task-1', OWNER, TTL, bad(fence))],
+        ['releaseLease fence', () => ctx.store.releaseLease('task-1', OWNER, bad(fence))],
+        ['ack fence', () => ctx.store.ack('task-1', 0, bad(fence))],
+        ['createTask', () => ctx.store.createTask(bad(trapped))],
+        ['listTasks', () => ctx.store.listTasks(bad(trapped))],
+        ['latestSeqs', () => ctx.store.latestSeqs(bad(new Proxy([], { get: fail })))],
+        ['reapExpiredLeases', () => ctx.store.reapExpiredLeases(bad(trapped))],
+        ['purgeFinished', () => ctx.store.purgeFinished(bad(trapped))],
+      ];
+      for (const [what, call] of calls) await expectRejection(what, ErrorCode.InvalidInput, call);
+      expect(await ctx.store.getTask('task-1'), 'task after the refused writes').toEqual(task);
+    });
+
     it('without a fence a write addresses whatever task has the id (no fencing)', async () => {
       const { current } = await recreated();
       const { event } = await ctx.store.append('task-1', { type: 'item', key: 'unfenced', ok: true });
