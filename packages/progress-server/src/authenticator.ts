@@ -142,6 +142,31 @@ export class Authenticator<P extends Principal> {
     return this.#succeeded(request, principal);
   }
 
+  /**
+   * The principal a renewal's token stands for (an `auth` frame on a socket that already authenticated),
+   * or `undefined`. Not refused for the address's budget of failed attempts, which bounds the hook calls
+   * of parties that never authenticated: refused, a renewal from an address whose budget others had spent
+   * (behind one NAT or proxy) closed its working socket with 4008, so anyone there sending bad tokens
+   * disconnected every user at their next renewal. What bounds renewals is the principal's frame budget
+   * they pay and their one check at a time per socket. A renewal that fails (or whose hook throws) is
+   * charged to the budget after the fact, so guessing tokens over renewals spends it still: each failure
+   * also closes its socket, and an address out of attempts authenticates no new one. One that succeeds
+   * took nothing and gives nothing back (a valid token renewed over and over would refill the budget).
+   */
+  async fromRenewal(token: string, request: IncomingMessage): Promise<P | undefined> {
+    if (this.#authenticateToken === undefined) return undefined;
+    let principal: P | undefined;
+    try {
+      principal = await this.#fromToken(token, request);
+    } catch (error) {
+      this.#limits?.take(request);
+      throw error;
+    }
+    // Taken without refusing: there is nothing left to refuse once the hook ran.
+    if (principal === undefined) this.#limits?.take(request);
+    return principal;
+  }
+
   async #fromToken(token: string, request: IncomingMessage): Promise<P | undefined> {
     if (this.#authenticateToken === undefined || token.length > LIMITS.maxTokenLength) return undefined;
     return this.#checked(await this.#authenticateToken(token, request));
