@@ -187,6 +187,46 @@ describe('failed authentication attempts per address', () => {
     expect(count(statuses, 429)).toBe(10);
   });
 
+  // Review, 7 December 2026: a renewal (an `auth` frame on an open socket) was refused for its address's
+  // budget like a first frame, and its working socket closed with 4008: anyone behind the same NAT or
+  // proxy spending the budget with bad tokens disconnected every user there at their next renewal.
+  it('renews an open socket whatever its address spent, and charges a failed renewal to the address', async () => {
+    const calls = await countingServer({ authRateLimitPerAddressPerSecond: 1 });
+    const alice = await RawClient.connect(env!.wsUrl, { headers: { authorization: 'Bearer token-alice' } });
+    const bob = await RawClient.connect(env!.wsUrl, { headers: { authorization: 'Bearer token-bob' } });
+    clients.push(alice, bob);
+    // Someone else at the address spends 49 of its 50 attempts.
+    for (let i = 0; i < 49; i += 1) {
+      const raw = new RawClient(env!.wsUrl);
+      clients.push(raw);
+      await raw.opened;
+      raw.send({ type: 'auth', token: 'bad', protocol: 2 });
+      expect((await raw.closed).code).toBe(4001);
+    }
+    // Bob's renewal fails: the hook runs, the socket closes 4001, and the last attempt is spent.
+    bob.send({ type: 'auth', token: 'bad', protocol: 2 });
+    expect((await bob.closed).code).toBe(4001);
+    expect(calls.count).toBe(2 + 49 + 1);
+    const late = new RawClient(env!.wsUrl);
+    clients.push(late);
+    await late.opened;
+    late.send({ type: 'auth', token: 'bad', protocol: 2 });
+    expect((await late.closed).code).toBe(4008);
+    // Alice's renewals still go through (before: rate_limited and 4008), and give the address nothing back.
+    for (let i = 0; i < 3; i += 1) {
+      const from = alice.frames.length;
+      alice.send({ type: 'auth', token: 'token-alice', protocol: 2 });
+      await alice.next((frame) => frame.type === 'hello' || frame.type === 'error', { from });
+      expect(alice.frames.slice(from).map((frame) => frame.type)).toEqual(['hello']);
+    }
+    const after = new RawClient(env!.wsUrl);
+    clients.push(after);
+    await after.opened;
+    after.send({ type: 'auth', token: 'bad', protocol: 2 });
+    expect((await after.closed).code).toBe(4008);
+    expect(calls.count).toBe(2 + 49 + 1 + 3);
+  });
+
   it('counts every refusal in auth_rate_limited_total, by where it came from', async () => {
     await countingServer({ authRateLimitPerAddressPerSecond: 1 });
     const http = await requests(`${env!.httpUrl}/progress/tasks/t1`, 'bad', 55, 1);

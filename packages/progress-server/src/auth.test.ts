@@ -1,8 +1,8 @@
 import type { IncomingMessage } from 'node:http';
 import { ErrorCode, isProgressError } from '@finishline/core';
 import { describe, expect, it } from 'vitest';
-import { bearerToken, isOriginAllowed, type Principal, queryToken, sameOrigin } from './auth.js';
-import { Authenticator } from './authenticator.js';
+import { bearerToken, isOriginAllowed, type Principal, sameOrigin } from './auth.js';
+import { Authenticator, queryToken } from './authenticator.js';
 
 const request = (headers: Record<string, string>, url = '/progress') =>
   ({ headers, url }) as unknown as IncomingMessage;
@@ -159,6 +159,10 @@ describe('credentials', () => {
     expect(bearerToken(request({ authorization: 'Basic abc' }))).toBeUndefined();
     expect(queryToken(request({}, '/progress?token=t1&x=2'), 'token')).toBe('t1');
     expect(queryToken(request({}, '/progress?token='), 'token')).toBeUndefined();
+    // Repeated, refused as the HTTP API refuses a repeated parameter it reads (the first was taken).
+    expect(() => queryToken(request({}, '/progress?token=t1&token=t2'), 'token')).toThrow(
+      expect.objectContaining({ code: 'invalid_input' }),
+    );
   });
 });
 

@@ -209,16 +209,6 @@ export function bearerToken(request: IncomingMessage): string | undefined {
   return match?.[1];
 }
 
-/** The value of query parameter `name` in the request URL, if any. */
-export function queryToken(request: IncomingMessage, name: string): string | undefined {
-  try {
-    const value = new URL(request.url ?? '/', 'http://localhost').searchParams.get(name);
-    return value === null || value === '' ? undefined : value;
-  } catch {
-    return undefined;
-  }
-}
-
 /**
  * Whether `path` can be the path of a request as clients send it, compared as it comes (see
  * {@link pathOf}): only the characters a URL carries in a path as they are (RFC 3986 `pchar` and `/`, and

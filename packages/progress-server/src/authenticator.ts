@@ -16,7 +16,8 @@ import type {
   Principal,
   TaskAction,
 } from './auth.js';
-import { bearerToken, queryToken } from './auth.js';
+import { bearerToken } from './auth.js';
+import { HttpError, queryParam } from './http/http-request.js';
 import type { ProgressLogger } from './logger.js';
 import { describeError } from './logger.js';
 
@@ -34,7 +35,28 @@ export type UpgradeAuth<P> =
   | { kind: 'deferred' }
   /** The address is out of authentication attempts (`authRateLimitPerAddressPerSecond`): no hook ran. */
   | { kind: 'limited'; retryAfterSeconds: number }
-  | { kind: 'refused' };
+  | { kind: 'refused' }
+  /** The request is malformed (its token parameter given more than once): no hook ran. */
+  | { kind: 'invalid'; message: string };
+
+/**
+ * The value of query parameter `name` in the request URL, if any (here rather than in `auth.ts`, which
+ * the HTTP layer imports, so that `queryParam` is reused without an import cycle).
+ *
+ * @throws HttpError `invalid_input` (400) when the parameter is given more than once, as the HTTP API
+ * refuses a repeated parameter it reads: the first was taken, while a proxy or firewall in front may
+ * read the last (or all), so the two could judge one upgrade by different tokens.
+ */
+export function queryToken(request: IncomingMessage, name: string): string | undefined {
+  let url: URL;
+  try {
+    url = new URL(request.url ?? '/', 'http://localhost');
+  } catch {
+    return undefined;
+  }
+  const value = queryParam(url, name);
+  return value === null || value === '' ? undefined : value;
+}
 
 /**
  * Runs the application's authentication and authorization hooks the same way for upgrades, `auth`
@@ -90,9 +112,9 @@ export class Authenticator<P extends Principal> {
    * none at all defer to the first frame when token frames are accepted.
    */
   async fromUpgrade(request: IncomingMessage): Promise<UpgradeAuth<P>> {
-    const token =
-      bearerToken(request) ??
-      (this.#tokenQueryParam === false ? undefined : queryToken(request, this.#tokenQueryParam));
+    const token = this.#upgradeToken(request);
+    // Before any hook and any attempt of the address: a malformed request, not a failed credential.
+    if (token instanceof HttpError) return { kind: 'invalid', message: token.message };
     const tokenChecked = token !== undefined && this.#authenticateToken !== undefined;
     const charged = this.#authenticate !== undefined || tokenChecked;
     if (charged) {
@@ -113,6 +135,19 @@ export class Authenticator<P extends Principal> {
     // others' passwords without spending its budget. (A browser's upgrade carries no such header.)
     if (charged && request.headers.authorization === undefined) this.#deferredAttempts.add(request);
     return { kind: 'deferred' };
+  }
+
+  /** An upgrade's token: a bearer header, else (when enabled) the query's; its refusal when malformed. */
+  #upgradeToken(request: IncomingMessage): string | undefined | HttpError {
+    try {
+      return (
+        bearerToken(request) ??
+        (this.#tokenQueryParam === false ? undefined : queryToken(request, this.#tokenQueryParam))
+      );
+    } catch (error) {
+      if (error instanceof HttpError) return error;
+      throw error;
+    }
   }
 
   /** The principal of an HTTP request: `authenticate(request)`, else a bearer token. */
@@ -140,6 +175,31 @@ export class Authenticator<P extends Principal> {
     // The upgrade's attempt too: the socket's client had valid credentials after all (see #deferredAttempts).
     if (this.#deferredAttempts.delete(request)) this.#limits?.succeeded(request);
     return this.#succeeded(request, principal);
+  }
+
+  /**
+   * The principal a renewal's token stands for (an `auth` frame on a socket that already authenticated),
+   * or `undefined`. Not refused for the address's budget of failed attempts, which bounds the hook calls
+   * of parties that never authenticated: refused, a renewal from an address whose budget others had spent
+   * (behind one NAT or proxy) closed its working socket with 4008, so anyone there sending bad tokens
+   * disconnected every user at their next renewal. What bounds renewals is the principal's frame budget
+   * they pay and their one check at a time per socket. A renewal that fails (or whose hook throws) is
+   * charged to the budget after the fact, so guessing tokens over renewals spends it still: each failure
+   * also closes its socket, and an address out of attempts authenticates no new one. One that succeeds
+   * took nothing and gives nothing back (a valid token renewed over and over would refill the budget).
+   */
+  async fromRenewal(token: string, request: IncomingMessage): Promise<P | undefined> {
+    if (this.#authenticateToken === undefined) return undefined;
+    let principal: P | undefined;
+    try {
+      principal = await this.#fromToken(token, request);
+    } catch (error) {
+      this.#limits?.take(request);
+      throw error;
+    }
+    // Taken without refusing: there is nothing left to refuse once the hook ran.
+    if (principal === undefined) this.#limits?.take(request);
+    return principal;
   }
 
   async #fromToken(token: string, request: IncomingMessage): Promise<P | undefined> {

@@ -104,6 +104,33 @@ describe('authentication at the upgrade', () => {
     expect((await upgradeStatus(`${session.env.wsUrl}?token=nope`, {})).status).toBe(401);
   });
 
+  // Review, 7 December 2026: the first of a repeated token parameter was taken, while a proxy or
+  // firewall in front may judge the upgrade by the last; the HTTP API refuses a repeated parameter it reads.
+  it('refuses an upgrade whose token parameter is repeated with 400 invalid_input, running no hook', async () => {
+    const tokens: string[] = [];
+    await session.start({
+      authenticate: () => null,
+      authenticateToken: (token) => {
+        tokens.push(token);
+        return tokenAuth(token);
+      },
+      tokenQueryParam: 'token',
+    });
+    const refused = await upgradeStatus(`${session.env.wsUrl}?token=token-alice&token=token-bob`, {});
+    expect(refused.status).toBe(400);
+    expect(JSON.parse(refused.body)).toEqual({
+      error: { code: 'invalid_input', message: 'token must be given at most once, got 2 times' },
+    });
+    expect(tokens).toEqual([]);
+    // A bearer header is read first: the query is not read then, as before.
+    const _bearer = session.track(
+      await RawClient.connect(`${session.env.wsUrl}?token=a&token=b`, {
+        headers: { authorization: 'Bearer token-alice' },
+      }),
+    );
+    expect(tokens).toEqual(['token-alice']);
+  });
+
   it('accepts a bearer token at the upgrade through authenticateToken', async () => {
     await session.start({ authenticate: () => null, authenticateToken: tokenAuth });
     await connect({ headers: { authorization: 'Bearer token-alice' } });

@@ -150,7 +150,9 @@ export class AuthGate<P extends Principal> {
       );
       return;
     }
-    this.#check(decoded.frame.token, (principal) => {
+    const { token } = decoded.frame;
+    const lookup = () => this.#host.auth.fromToken(token, this.#host.request);
+    this.#check(lookup, (principal) => {
       if (this.#host.state() !== 'authenticating') return;
       if (principal === undefined) {
         this.refuse(ErrorCode.Unauthenticated, CloseCode.Unauthenticated, 'Invalid credentials');
@@ -176,7 +178,9 @@ export class AuthGate<P extends Principal> {
       this.#nextRenewal = token;
       return;
     }
-    const check = this.#check(token, (principal) => {
+    // Not refused for the address's failed attempts, only charged when it fails (see `fromRenewal`).
+    const lookup = () => this.#host.auth.fromRenewal(token, this.#host.request);
+    const check = this.#check(lookup, (principal) => {
       if (this.#host.state() !== 'open') return;
       if (principal === undefined || principal.id !== (this.#principal as P).id) {
         this.refuse(
@@ -267,11 +271,11 @@ export class AuthGate<P extends Principal> {
   }
 
   /**
-   * Checks `token` with the application's hook, one check at a time. A hook that throws is a server
-   * fault, whether at the first frame or at a renewal: logged, counted, and the socket closes 1011.
+   * Checks a token with the application's hook (`lookup`), one check at a time. A hook that throws is a
+   * server fault, whether at the first frame or at a renewal: logged, counted, and the socket closes 1011.
    * Returns the check's number: once {@link #checks} moved past it, its answer is dropped.
    */
-  #check(token: string, then: (principal: P | undefined) => void): number {
+  #check(lookup: () => Promise<P | undefined>, then: (principal: P | undefined) => void): number {
     this.#checking = true;
     const check = ++this.#checks;
     const answered = (): boolean => {
@@ -281,7 +285,7 @@ export class AuthGate<P extends Principal> {
       this.#renewalTimer = undefined;
       return true;
     };
-    this.#host.auth.fromToken(token, this.#host.request).then(
+    lookup().then(
       (principal) =>
         this.#host.guard(() => {
           if (answered()) then(principal);
@@ -291,6 +295,7 @@ export class AuthGate<P extends Principal> {
           if (!answered()) return;
           if (error instanceof AuthRateLimited) {
             // The address is out of authentication attempts: no hook ran. 4008 makes the client back off.
+            // (A first `auth` frame only: a renewal is not refused for it.)
             this.refuse(ErrorCode.RateLimited, CloseCode.RateLimited, error.message);
             return;
           }

@@ -300,6 +300,11 @@ export class Connection<P extends Principal> {
     if (this.#state === 'closed') return;
     // Text and binary messages alike: the protocol accepts its UTF-8 JSON in either.
     const decoded = decodeClientFrame(data, { maxBytes: this.#options.maxPayloadBytes });
+    // An expired credential ends the socket before its frame is handled, as its expiry timer would have
+    // (a busy event loop runs it late; an application's clock runs apart from it): until then a
+    // `subscribe` ran the `authorize` hook and the store's read, and was answered, on that credential.
+    // The frame is then one on a closing socket, as it would have been after the timer.
+    if (this.#state === 'open') this.#gate.inForce();
     if (this.#state === 'closing') {
       // Our close crossed frames already on their way. An ack among them still counts: it records what
       // the client processed, and the client will not send it again; dropping it left the task's processed

@@ -134,6 +134,27 @@ describe("a caller's WebSocketServer", () => {
     expect(codes.slice(50)).toEqual([4008, 4008]);
   });
 
+  it('closes a socket whose token parameter is repeated with 1008, running no hook', async () => {
+    const tokens: string[] = [];
+    const { url } = await externalServer({
+      authenticateToken: (token) => {
+        tokens.push(token);
+        return { id: 'alice' };
+      },
+      tokenQueryParam: 'token',
+    });
+    const ws = new WebSocket(`${url}?token=a&token=b`, [PROTOCOL_NAME]);
+    ws.on('error', () => {});
+    cleanups.push(() => ws.terminate());
+    // Before: the first was taken, and the socket opened as alice's (its hello came).
+    const code = await new Promise<number | string>((resolve) => {
+      ws.on('close', resolve);
+      ws.on('message', (data) => resolve(String(data)));
+    });
+    expect(code).toBe(1008);
+    expect(tokens).toEqual([]);
+  });
+
   it('selects the newest subprotocol offered, as the server’s own upgrades do; none spoken: 4002', async () => {
     const { url } = await externalServer({ authenticate: () => ({ id: 'alice' }) });
     const open = (protocols: string[]) => {

@@ -322,6 +322,7 @@ export class SocketAcceptor<P extends Principal> {
     }
     if (auth.kind === 'refused')
       return refused(401, ErrorCode.Unauthenticated, 'Missing or invalid credentials');
+    if (auth.kind === 'invalid') return refused(400, ErrorCode.InvalidInput, auth.message);
     return { kind: 'accepted', principal: auth.kind === 'principal' ? auth.principal : undefined };
   }
 
@@ -384,6 +385,9 @@ export class SocketAcceptor<P extends Principal> {
           refuse(CloseCode.Unauthenticated, ErrorCode.Unauthenticated, 'invalid credentials');
         } else if (auth.kind === 'limited') {
           refuse(CloseCode.RateLimited, ErrorCode.RateLimited, 'too many failed authentication attempts');
+        } else if (auth.kind === 'invalid') {
+          // Upgraded already: the HTTP API's 400 is no longer possible. A client fault, not credentials.
+          refuse(CloseCode.PolicyViolation, ErrorCode.InvalidInput, auth.message);
         } else {
           this.#accept(ws, request, auth.kind === 'principal' ? auth.principal : undefined);
           ws.resume();

@@ -744,6 +744,39 @@ describe('a credential that expires while a check of the socket runs', () => {
     await expectExpiredUnsent(client, from);
   });
 
+  // Review, 7 December 2026: a frame that arrived after the credential expired, before its timer ran, was
+  // handled on it: a `subscribe` ran `authorize` and the task's read, and was answered (here a refusal).
+  it('runs no hook for a subscribe sent once the credential expired, and ends the socket instead', async () => {
+    const clock = new ManualClock();
+    const asked: string[] = [];
+    const { server } = await session.start({
+      authenticate: () => null,
+      authenticateToken: (token) => ({ id: token, expiresAt: clock.now() + 60_000 }),
+      authorize: (principal, task) => {
+        asked.push(task.id);
+        return task.owner === principal.id;
+      },
+      clock: clock.now,
+      heartbeatIntervalMs: 60_000,
+    });
+    const task = await server.tasks.create({ owner: 'bob', kind: 'k' });
+    const client = await authed('alice');
+    const from = client.frames.length;
+    clock.advance(60_001);
+    client.send({ type: 'subscribe', id: 's1', taskId: task.id, afterSeq: 0 });
+    const closed = await Promise.race([
+      client.closed,
+      client
+        .next((frame) => frame.type === 'error' && frame.code !== 'token_expired', { from })
+        .then((frame) => ({ code: `answered ${String(frame.code)}` })),
+    ]);
+    expect(closed.code).toBe(4011);
+    expect(client.frames.slice(from)).toEqual([
+      expect.objectContaining({ type: 'error', code: 'token_expired' }),
+    ]);
+    expect(asked).toEqual([]);
+  });
+
   it('sends no heartbeat, which names the tasks followed, once the credential expired', async () => {
     const clock = new ManualClock();
     const { server } = await startOnClock(clock, gate(), 20);
