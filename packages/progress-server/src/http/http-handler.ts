@@ -39,6 +39,7 @@ import {
   ANSWER_SLICE_BYTES,
   checkMutation,
   checkOrigin,
+  closeIfBodyComing,
   encodeBody,
   errorBody,
   fromCode,
@@ -778,7 +779,7 @@ async function serveRoute<P extends Principal>(
         // The client has the end already (EventSource reconnecting after it): 204, which stops EventSource,
         // and holds no slot.
         if (cursorAtEnd(task, from, streams.epoch.current)) {
-          response.writeHead(204, { 'cache-control': 'no-store' });
+          response.writeHead(204, { 'cache-control': 'no-store', ...closeIfBodyComing(request) });
           response.end();
           return STREAMED;
         }

@@ -339,6 +339,15 @@ function bodyStillComing(request: IncomingMessage | undefined): boolean {
   return !(length <= MAX_BODY_BYTES);
 }
 
+/**
+ * The `Connection: close` of an answer written while the request's body is still coming (see
+ * {@link bodyStillComing}), or nothing: for every answer, the JSON ones and the event stream's (its 200,
+ * its `HEAD`, its 204), which Node otherwise kept open to read the rest of the body.
+ */
+export function closeIfBodyComing(request: IncomingMessage | undefined): { connection?: 'close' } {
+  return bodyStillComing(request) ? { connection: 'close' } : {};
+}
+
 /** {@link send} of a body {@link encodeBody} encoded already. */
 export function sendEncoded(
   response: ServerResponse,
@@ -351,7 +360,7 @@ export function sendEncoded(
     'content-type': 'application/json; charset=utf-8',
     'content-length': data.length,
     'cache-control': 'no-store',
-    ...(bodyStillComing(response.req) ? { connection: 'close' } : {}),
+    ...closeIfBodyComing(response.req),
     ...headers,
   });
   if (progress === undefined || data.length <= ANSWER_SLICE_BYTES) {

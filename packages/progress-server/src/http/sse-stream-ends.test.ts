@@ -166,3 +166,60 @@ describe('an event stream whose client asked to close the connection', () => {
     await closed;
   });
 });
+
+describe('an event stream request that came with a body', () => {
+  // Found by a review: the JSON answers to a request whose body is still coming (a large Content-Length, a
+  // chunked body) say `Connection: close`, the stream's answers (its 200, its HEAD, its 204) did not: once
+  // answered, Node kept the connection and read the rest of the body, however long, until requestTimeout.
+  it('is answered Connection: close, and its connection closed once answered, for a GET, a HEAD and a 204', async () => {
+    env = await startServer();
+    const task = await env.server.tasks.create({ owner: 'alice', kind: 'k' });
+    await task.complete({ result: null });
+    /** Sends `head` then a part of a body that never ends; resolves with the answer once its head is in. */
+    const ask = async (head: string, body: string, until: (text: string) => boolean) => {
+      const client = connect(env?.port as number, '127.0.0.1');
+      onTestFinished(() => {
+        client.destroy();
+      });
+      const ended = new Promise<void>((resolve) => client.once('end', resolve));
+      let text = '';
+      client.on('data', (chunk: Buffer) => {
+        text += chunk.toString('latin1');
+      });
+      client.write(`${head}\r\nHost: test\r\nX-User: alice\r\n${body}`);
+      await new Promise<void>((resolve) => {
+        const check = () => {
+          if (until(text)) resolve();
+          else client.once('data', check);
+        };
+        check();
+      });
+      return { text, ended };
+    };
+    const path = `/progress/tasks/${task.id}/stream`;
+    const headEnd = (text: string) => text.includes('\r\n\r\n');
+    // The terminal frame's id, from a request without a body: what a reconnect answered 204 sends.
+    const first = await ask(`GET ${path} HTTP/1.1`, '\r\n', (text) => text.includes('"snapshot"'));
+    const last = /\nid: (\S+)\n/.exec(first.text)?.[1] as string;
+    expect(last).toMatch(/!$/);
+    // 1 GiB announced, 1 KiB sent; or a chunked body whose end never comes.
+    const bodies = [
+      `Content-Length: ${2 ** 30}\r\n\r\n${'x'.repeat(1024)}`,
+      `Transfer-Encoding: chunked\r\n\r\n400\r\n${'x'.repeat(1024)}\r\n`,
+    ];
+    for (const body of bodies) {
+      const cases = [
+        { head: `GET ${path} HTTP/1.1`, status: 200, until: (text: string) => text.includes('"snapshot"') },
+        { head: `HEAD ${path} HTTP/1.1`, status: 200, until: headEnd },
+        { head: `GET ${path} HTTP/1.1\r\nLast-Event-ID: ${last}`, status: 204, until: headEnd },
+      ];
+      for (const { head, status, until } of cases) {
+        const answer = await ask(head, body, until);
+        const headers = answer.text.slice(0, answer.text.indexOf('\r\n\r\n')).toLowerCase();
+        expect(headers).toMatch(new RegExp(`^http/1\\.1 ${status} `));
+        expect(headers).toContain('\r\nconnection: close');
+        await answer.ended;
+      }
+    }
+  });
+});

@@ -20,7 +20,7 @@ import type { ResyncReason, ServerMetrics, SseStreamEndReason } from '../metrics
 import type { PrincipalLimits } from '../principal-limits.js';
 import { eventFrameBytes, eventFrameText } from '../socket/event-frame-text.js';
 import { waitAtMost } from '../wait.js';
-import { fromCode } from './http-request.js';
+import { closeIfBodyComing, fromCode } from './http-request.js';
 import { stallTimer } from './stall-timer.js';
 
 /**
@@ -143,7 +143,8 @@ const STREAM_HEADERS = Object.freeze({
   'cache-control': 'no-store, no-transform',
   // No `Connection` header: Node keeps an HTTP/1.1 connection alive unless the request asked it closed,
   // and one set here overrode that (a request's `Connection: close` was answered keep-alive, its
-  // connection held after the stream's end until keepAliveTimeout).
+  // connection held after the stream's end until keepAliveTimeout). A request whose body is still coming
+  // is answered `Connection: close` (`closeIfBodyComing`), as the JSON answers are.
   // nginx buffers proxied responses unless told not to: events would arrive in bursts.
   'x-accel-buffering': 'no',
 });
@@ -174,7 +175,7 @@ export function sseRetryMs(streams: number, reconnectsPerSecond: number): number
  * body byte) while holding the principal's stream slot, a hub follow and a timer until the client left.
  */
 export function answerStreamHead(response: ServerResponse): void {
-  response.writeHead(200, STREAM_HEADERS);
+  response.writeHead(200, { ...STREAM_HEADERS, ...closeIfBodyComing(response.req) });
   response.end();
 }
 
@@ -307,7 +308,7 @@ export function streamTask(
   /** The deadlines of the `authorize` calls under way (see {@link authorizeWithin}): cleared at the end. */
   const authorizeTimers = new Set<NodeJS.Timeout>();
 
-  response.writeHead(200, STREAM_HEADERS);
+  response.writeHead(200, { ...STREAM_HEADERS, ...closeIfBodyComing(request) });
   // Tells EventSource how long to wait before reconnecting after a cut (ms), and any client how often
   // heartbeats come, as a socket's `hello` does: a stream silent for about twice that is dead.
   response.write(

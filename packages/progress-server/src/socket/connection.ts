@@ -381,13 +381,19 @@ export class Connection<P extends Principal> {
       case 'ack':
         this.#subs.ack(frame);
         return;
-      case 'ping':
-        this.#writer.send({
-          type: 'pong',
-          ...(frame.id === undefined ? {} : { requestId: frame.id }),
-          time: this.#options.clock(),
-        });
+      case 'ping': {
+        // Read here rather than let the guard catch it: the guard's error names no frame, and the client
+        // matches an error to its ping by the ping's id, as it does every other frame's.
+        let time: number;
+        try {
+          time = this.#options.clock();
+        } catch (error) {
+          this.#internalError(error, frame.id);
+          return;
+        }
+        this.#writer.send({ type: 'pong', ...(frame.id === undefined ? {} : { requestId: frame.id }), time });
         return;
+      }
       default: {
         const unreachable: never = frame;
         this.#writer.sendError(ErrorCode.UnknownFrame, `Unknown frame ${String(unreachable)}`, {});

@@ -199,3 +199,26 @@ describe('a clock that throws while an ack is handled', () => {
     expect((await env.store.getTask(task.id))?.ackedSeq).toBe(1);
   });
 });
+
+describe('a clock that throws while a ping is answered', () => {
+  // Found by a review (7 December 2026): the ping's `internal` error carried no `requestId`, so the client
+  // could not match it to its ping, as it matches every other frame's error.
+  it('answers the ping with an internal error that echoes its id', async () => {
+    let readsToSkip = Number.POSITIVE_INFINITY;
+    await session.start({
+      // A clock that fails once (returns NaN), at the pong's read.
+      clock: () => (readsToSkip-- === 0 ? Number.NaN : Date.now()),
+      heartbeatIntervalMs: 60_000,
+    });
+    const client = await session.connect({ user: 'alice' });
+    // The frame budget reads it five times before the ping is handled (a socket's bucket, the principal's).
+    readsToSkip = 5;
+    client.send({ type: 'ping', id: 'p1' });
+    const error = await client.next((frame) => frame.type === 'error');
+    readsToSkip = Number.POSITIVE_INFINITY;
+    expect(error).toMatchObject({ type: 'error', code: 'internal', requestId: 'p1' });
+    // The socket goes on: the next ping is answered.
+    client.send({ type: 'ping', id: 'p2' });
+    expect(await client.next((frame) => frame.type === 'pong')).toMatchObject({ requestId: 'p2' });
+  });
+});

@@ -213,6 +213,50 @@ describe('leases', () => {
     expect(ended).toMatchObject({ status: 'completed', endedElsewhere: true, succeeded: 1 });
   });
 
+  // Found by a review (7 December 2026): shutdown forgets a task whose interrupt the store refused, and an
+  // append of its handle refused `lease_held` afterwards (another worker took the expired lease over) was
+  // not told to the handle: `finished` stayed false (the handle's own example then called `fail()`, refused
+  // again), and a batch that outlived the shutdown reported the task `interrupted` (or rejected) while it
+  // ran on under the new holder.
+  it('a handle forgotten by shutdown, then refused lease_held: finished, and its batch reports the task running', async () => {
+    const clock = new ManualClock();
+    const store = new MemoryProgressStore({ clock: clock.now });
+    const commit = store.append.bind(store);
+    // The store is down for the shutdown's interrupt.
+    let down = false;
+    store.append = async (taskId, input, fence) => {
+      if (down) throw new ProgressError(ErrorCode.StoreUnavailable, 'down');
+      return commit(taskId, input, fence);
+    };
+    const server = new ProgressServer({ store, authenticate: () => null, serverId: 'replica-a', ...quiet });
+    const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    const proceed = gate();
+    const started = gate();
+    // A worker that does not honour its signal outlives the shutdown.
+    const batch = task.runBatch(['a'], async () => {
+      started.open();
+      await proceed.promise;
+    });
+    await started.promise;
+    down = true;
+    await server.close({ timeoutMs: 200 });
+    down = false;
+    expect(task.finished).toBe(false);
+    // Past its lease, another worker took the task over; the worker then reports its item.
+    clock.advance(1000);
+    await store.renewLease(task.id, 'replica-thief', 5000);
+    proceed.open();
+    await expect(batch).resolves.toMatchObject({ status: 'running', endedElsewhere: true });
+    expect(task.finished).toBe(true);
+    expect(task.status).toBe('running');
+    await expect(task.fail('late')).rejects.toMatchObject({ code: ErrorCode.LeaseHeld });
+    expect(await store.getTask(task.id)).toMatchObject({
+      status: 'running',
+      seq: 1,
+      leaseOwner: 'replica-thief',
+    });
+  });
+
   it('a task its own server reaped (it stopped renewing): the handle tells how it ended when its signal aborts, without a read', async () => {
     const clock = new ManualClock();
     const store = new MemoryProgressStore({ clock: clock.now });

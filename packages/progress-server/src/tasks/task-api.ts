@@ -280,11 +280,7 @@ export class TaskApi {
     const owned = this.#owned.get(taskId);
     if (owned === undefined || (run !== undefined && owned.run !== run)) return;
     if (isProgressError(error, ErrorCode.LeaseHeld)) {
-      const lost = new ProgressError(
-        ErrorCode.LeaseHeld,
-        `The lease of task ${taskId} was taken over by another worker`,
-        { taskId },
-      );
+      const lost = leaseTakenOver(taskId);
       owned.control.leaseLost(lost);
       this.#ended(taskId, () => lost, owned.run);
     } else {
@@ -442,6 +438,10 @@ export class TaskApi {
       } else if (fence?.handle !== undefined && isProgressError(error, ErrorCode.LeaseHeld)) {
         // Another worker took the lease over: this handle no longer writes to the task (see leaseLost).
         if (this.#owned.get(taskId)?.handle === fence.handle) this.leaseLost(taskId, error, fence.run);
+        // Not owned any more (forgotten by shutdown, its interrupt refused): the handle is told all the
+        // same. Untold, it said `finished: false` for good, and a batch that outlived the shutdown took the
+        // refusal for an error: it retried its end, then rejected `lease_held`, for a task running on.
+        else this.#controls.get(fence.handle)?.leaseLost(leaseTakenOver(taskId));
       }
       throw error;
     }
@@ -553,6 +553,15 @@ export class TaskApi {
       this.#logger.debug({ err: describeError(error), taskId }, 'refreshing a task failed');
     }
   }
+}
+
+/** Why a handle's appends are refused once another worker took its task's lease over. */
+function leaseTakenOver(taskId: string): ProgressError {
+  return new ProgressError(
+    ErrorCode.LeaseHeld,
+    `The lease of task ${taskId} was taken over by another worker`,
+    { taskId },
+  );
 }
 
 function shutdownReason(): ProgressError {
