@@ -9,6 +9,7 @@ import { toProgressError } from './pg-errors.js';
 import type { ChangeFeedHealth, ChangeFeedHub, ListenStats } from './postgres-change-feed.js';
 import { intColumn } from './row-codec.js';
 import type { ProgressDatabase } from './schema.js';
+import { assertStorableEncoding } from './task-statements.js';
 
 /**
  * The dedicated `LISTEN` connection of a store: it connects, listens, re-reads what was committed while
@@ -356,8 +357,8 @@ interface ListenStatements {
   barrier: string;
   /**
    * The store's epoch, read once the connection listens (see "Epoch renewals" in the module doc); one row,
-   * its `epoch` `NULL` when the schema has none. It also turns the session's `statement_timeout`,
-   * `transaction_timeout` and `idle_session_timeout` off.
+   * its `epoch` `NULL` when the schema has none, and the database's `encoding`. It also turns the session's
+   * `statement_timeout`, `transaction_timeout` and `idle_session_timeout` off.
    */
   epoch: string;
 }
@@ -428,6 +429,7 @@ function compileStatements({
     // is this one's purpose; the barrier watchdog finds one that died). Read from pg_settings, so an older
     // server, which has no such setting, sets nothing rather than failing.
     epoch: sql`SELECT (SELECT value FROM ${meta} WHERE key = 'epoch') AS epoch,
+      current_setting('server_encoding') AS encoding,
       set_config('statement_timeout', '0', false) AS statement_timeout,
       (SELECT count(set_config(name, '0', false)) FROM pg_catalog.pg_settings
        WHERE name IN ('idle_session_timeout', 'transaction_timeout')) AS session_timeouts`.compile(db).sql,
@@ -603,7 +605,11 @@ export class ListenConnection {
       client.query(this.#statements.epoch),
     );
     this.#assertCurrent(generation);
-    this.#epochRead((epoch.rows[0] as { epoch?: string | null } | undefined)?.epoch ?? undefined);
+    const read = epoch.rows[0] as { epoch?: string | null; encoding?: string } | undefined;
+    // Here, not on the pool: open() sends nothing on the pool when it does not migrate (a store opened while
+    // its pool's database is down serves once it is back), and every store connects this connection first.
+    assertStorableEncoding(read?.encoding, 'PostgresProgressStore');
+    this.#epochRead(read?.epoch ?? undefined);
     let from = this.#watermark;
     let xmin: bigint | undefined;
     for (;;) {

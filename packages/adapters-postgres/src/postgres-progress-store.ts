@@ -64,7 +64,6 @@ import { type LatestState, SafetyNetPoll } from './safety-net-poll.js';
 import type { ProgressDatabase } from './schema.js';
 import { type BatchedCall, StatementBatcher } from './statement-batcher.js';
 import {
-  assertStorableEncoding,
   insertTask,
   listTasks,
   type PurgeTarget,
@@ -72,7 +71,6 @@ import {
   readTasks,
   renewEpoch,
   selectEpoch,
-  selectServerEncoding,
   TaskReads,
 } from './task-statements.js';
 
@@ -344,7 +342,6 @@ export class PostgresProgressStore implements ProgressStore {
   }
 
   async #start(): Promise<void> {
-    await this.#assertStorableEncoding();
     if (this.#options.migrate) {
       await migrateProgressSchema(this.#db as Kysely<unknown>, { schema: this.#schema });
     }
@@ -356,23 +353,6 @@ export class PostgresProgressStore implements ProgressStore {
     const read = await this.#read('getEpoch', selectEpoch(this.#meta)).catch(() => undefined);
     this.#hub.knownEpoch ??= read?.rows[0]?.value;
     this.#poll.start();
-  }
-
-  /**
-   * Refuses a database whose encoding cannot hold every text core accepts (see {@link STORABLE_ENCODINGS}).
-   * Before the migration, so that such a database is left as it was.
-   */
-  async #assertStorableEncoding(): Promise<void> {
-    // Sent again on another connection if the one drawn was dead (an idle client of a pool the caller
-    // reused across a database restart), as every read is: open() used to need no statement on the pool
-    // with `migrate: false`.
-    const { rows } = await this.#run('open', undefined, () =>
-      readOnLiveConnection(
-        () => this.#gate.read(this.#db, (db) => runStatement(db, selectServerEncoding())),
-        this.#isClosed,
-      ),
-    );
-    assertStorableEncoding(rows[0]?.encoding, 'PostgresProgressStore');
   }
 
   /** The change feed: own commits, `NOTIFY` from other processes, re-reads and the safety-net poll. */

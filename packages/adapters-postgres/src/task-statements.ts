@@ -71,11 +71,6 @@ export function insertTask(
  */
 export const STORABLE_ENCODINGS: ReadonlySet<string> = new Set(['UTF8', 'SQL_ASCII']);
 
-/** The database's encoding (`UTF8`, `LATIN1`, …). */
-export function selectServerEncoding(): RawBuilder<{ encoding: string }> {
-  return sql<{ encoding: string }>`SELECT current_setting('server_encoding') AS encoding`;
-}
-
 /**
  * Refuses `encoding` (the database's, as `current_setting('server_encoding')` reads it) unless it is in
  * {@link STORABLE_ENCODINGS}: the one check of `open()` and of `migrateProgressSchema`, so that a migration
