@@ -272,14 +272,8 @@ export class Subscription implements WrittenLog {
     ) {
       this.#terminalAcked = true;
       this.#ctx.metrics.unackedTerminals.dec();
-      // A clock that throws (one that returned NaN once) loses this sample, not the ack: thrown on, the
-      // ack never reached the store, and the client's re-ack was taken for a repeat.
-      let now: number | undefined;
-      try {
-        now = this.#ctx.clock();
-      } catch {
-        now = undefined;
-      }
+      // Thrown on, the ack never reached the store, and the client's re-ack was taken for a repeat.
+      const now = this.#sampleTime();
       if (now !== undefined) {
         this.#ctx.metrics.terminalAckLatency.observe(Math.max(0, now - this.#terminalSentAt) / 1000);
       }
@@ -338,16 +332,24 @@ export class Subscription implements WrittenLog {
     if (this.#removed || this.#acked >= seq || this.#claimed >= seq) return false;
     this.#terminalSeq = seq;
     this.#terminalFrame = text;
+    // Thrown on, the frame had gone out but its re-sends were never scheduled.
     if (this.#terminalSentAt === undefined) {
-      try {
-        this.#terminalSentAt = this.#ctx.clock();
-        this.#ctx.metrics.unackedTerminals.inc();
-      } catch {
-        // A clock that throws (one that returned NaN once) loses the latency sample, not the re-sends:
-        // thrown on, the frame had gone out but its re-sends were never scheduled.
-      }
+      this.#terminalSentAt = this.#sampleTime();
+      if (this.#terminalSentAt !== undefined) this.#ctx.metrics.unackedTerminals.inc();
     }
     return true;
+  }
+
+  /**
+   * The clock's time for the terminal ack's latency sample, or `undefined` when the clock throws (one that
+   * returned NaN once): that loses the sample, never the ack or the re-sends it is taken around.
+   */
+  #sampleTime(): number | undefined {
+    try {
+      return this.#ctx.clock();
+    } catch {
+      return undefined;
+    }
   }
 
   terminalFrame(seq: number): string | undefined {
