@@ -14,6 +14,7 @@ import {
   type TestServer,
   tokenAuth,
 } from '../testing/harness.js';
+import { type RawHttpAnswer, rawHttp } from '../testing/raw-http.js';
 
 /** The HTTP API: same authentication and authorization as the socket, JSON errors, no leaks. */
 
@@ -512,6 +513,119 @@ describe('HTTP handler', () => {
     expect((await call('/other', { user: 'alice' })).status).toBe(404);
   });
 
+  // Found by a review (7 December 2026): no answer carried `X-Content-Type-Options: nosniff`, though task
+  // data is text others wrote (a task's message, an item's error) and a browser sniffing a JSON or error
+  // answer as HTML would run it in the API's origin.
+  it('sends nosniff on every answer it writes, and no-store on every one that carries task data or a credential decision', async () => {
+    env = await startServer({ allowedOrigins: ['https://app.example'] });
+    const base = env.httpUrl;
+    const task = await env.server.tasks.create({
+      owner: 'alice',
+      kind: 'k',
+      message: '<script>alert(1)</script>',
+    });
+    const ended = await env.server.tasks.create({ owner: 'alice', kind: 'k' });
+    await ended.complete();
+    const alice = { 'x-user': 'alice' };
+    // A stream of the ended task: its terminal frame's id, which a reconnect sends to get the 204.
+    const stream = await rawHttp(base, 'GET', `/progress/tasks/${ended.id}/stream`, { headers: alice });
+    const endId = /^id: (.+)$/m.exec(stream.body)?.[1];
+    expect(endId).toMatch(/!$/);
+    const answers: Record<string, RawHttpAnswer> = {
+      task: await rawHttp(base, 'GET', `/progress/tasks/${task.id}`, { headers: alice }),
+      headTask: await rawHttp(base, 'HEAD', `/progress/tasks/${task.id}`, { headers: alice }),
+      events: await rawHttp(base, 'GET', `/progress/tasks/${task.id}/events`, { headers: alice }),
+      list: await rawHttp(base, 'GET', '/progress/tasks', { headers: alice }),
+      stream,
+      headStream: await rawHttp(base, 'HEAD', `/progress/tasks/${task.id}/stream`, { headers: alice }),
+      streamAtEnd: await rawHttp(base, 'GET', `/progress/tasks/${ended.id}/stream`, {
+        headers: { ...alice, 'last-event-id': endId ?? '' },
+      }),
+      unauthenticated: await rawHttp(base, 'GET', `/progress/tasks/${task.id}`),
+      notFound: await rawHttp(base, 'GET', '/progress/tasks/nope', { headers: alice }),
+      noRoute: await rawHttp(base, 'GET', '/progress/elsewhere', { headers: alice }),
+      wrongMethod: await rawHttp(base, 'GET', `/progress/tasks/${task.id}/cancel`, { headers: alice }),
+      badQuery: await rawHttp(base, 'GET', '/progress/tasks?limit=0x10', { headers: alice }),
+      badCursor: await rawHttp(base, 'GET', `/progress/tasks/${task.id}/stream?afterSeq=-1`, {
+        headers: alice,
+      }),
+      origin: await rawHttp(base, 'GET', `/progress/tasks/${task.id}`, {
+        headers: { ...alice, origin: 'https://evil.example' },
+      }),
+      notJson: await rawHttp(base, 'POST', `/progress/tasks/${task.id}/cancel`, {
+        headers: alice,
+        body: '{}',
+      }),
+      tooLarge: await rawHttp(base, 'POST', `/progress/tasks/${task.id}/cancel`, {
+        headers: { ...alice, 'content-type': 'application/json' },
+        body: JSON.stringify({ reason: 'x'.repeat(20_000) }),
+      }),
+      webSocketPath: await rawHttp(base, 'GET', '/progress'),
+      healthz: await rawHttp(base, 'GET', '/progress/healthz'),
+      livez: await rawHttp(base, 'GET', '/progress/livez'),
+    };
+    expect(
+      Object.fromEntries(Object.entries(answers).map(([name, answer]) => [name, answer.status])),
+    ).toEqual({
+      task: 200,
+      headTask: 200,
+      events: 200,
+      list: 200,
+      stream: 200,
+      headStream: 200,
+      streamAtEnd: 204,
+      unauthenticated: 401,
+      notFound: 404,
+      noRoute: 404,
+      wrongMethod: 405,
+      badQuery: 400,
+      badCursor: 400,
+      origin: 403,
+      notJson: 415,
+      tooLarge: 413,
+      webSocketPath: 426,
+      healthz: 200,
+      livez: 200,
+    });
+    for (const [name, answer] of Object.entries(answers)) {
+      expect([name, answer.headers['x-content-type-options']]).toEqual([name, 'nosniff']);
+      expect([name, answer.headers['cache-control']]).toEqual([
+        name,
+        name === 'stream' || name === 'headStream' ? 'no-store, no-transform' : 'no-store',
+      ]);
+      // Every answer with a body of text names its charset.
+      if (answer.status !== 204)
+        expect([name, answer.headers['content-type']]).toEqual([
+          name,
+          expect.stringMatching(/; charset=utf-8$/),
+        ]);
+    }
+    // A preflight's 204 too (its caching is the browser's, by Access-Control-Max-Age).
+    const preflight = await rawHttp(base, 'OPTIONS', `/progress/tasks/${task.id}/cancel`, {
+      headers: { origin: 'https://app.example', 'access-control-request-method': 'POST' },
+    });
+    expect(preflight.status).toBe(204);
+    expect(preflight.headers['x-content-type-options']).toBe('nosniff');
+    // And the refusal of an upgrade, written on the raw socket: a credential's refusal, not to be stored.
+    const refused = await new Promise<string>((resolve, reject) => {
+      const socket = connect(env?.port ?? 0, '127.0.0.1', () => {
+        socket.write(
+          'GET /progress HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n' +
+            `Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Protocol: ${PROTOCOL_NAME}\r\n\r\n`,
+        );
+      });
+      let text = '';
+      socket.on('data', (chunk: Buffer) => {
+        text += chunk.toString();
+      });
+      socket.on('close', () => resolve(text));
+      socket.on('error', reject);
+    });
+    expect(refused).toMatch(/^HTTP\/1\.1 401 /);
+    expect(refused).toMatch(/\r\nX-Content-Type-Options: nosniff\r\n/i);
+    expect(refused).toMatch(/\r\nCache-Control: no-store\r\n/i);
+  });
+
   // Found by a review: a request whose target is in absolute form (`GET http://host/progress/tasks/x`, as
   // a client configured for a forward proxy sends it, and as RFC 9112 says a server must accept) was
   // answered 404 on every route, and its WebSocket upgrade refused 404.
@@ -675,6 +789,8 @@ describe('HTTP handler', () => {
     expect(ok.status).toBe(200);
     const other = await fetch(`${base}/api/users`);
     expect(other.status).toBe(418);
+    // The application's answer is its own: none of the API's headers are set on it.
+    expect(other.headers.get('x-content-type-options')).toBeNull();
     // A trailing slash is no route of the API either: the application's own routing decides.
     const slash = await fetch(`${base}/api/progress/tasks/`, { headers: { 'x-user': 'alice' } });
     expect(slash.status).toBe(418);

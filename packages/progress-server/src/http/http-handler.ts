@@ -36,6 +36,7 @@ import { settledWithin, waitAtMost } from '../wait.js';
 import { allowOrigin, answerPreflight, isPreflight } from './cors.js';
 import type { ServerHealth } from './health.js';
 import {
+  ANSWER_HEADERS,
   ANSWER_SLICE_BYTES,
   checkMutation,
   checkOrigin,
@@ -248,18 +249,39 @@ export function createHttpHandler<P extends Principal>(
       route = undefined;
       url = new URL('http://localhost/');
     }
-    if (route === undefined && ctx.health !== undefined && isHealthRoute(request, url, basePath)) {
+    const probe =
+      route !== undefined || ctx.health === undefined
+        ? undefined
+        : isHealthRoute(request, url, basePath)
+          ? 'healthz'
+          : isProbeRoute(request, url, `${basePath}/livez`)
+            ? 'livez'
+            : undefined;
+    const webSocketOnly =
+      route === undefined &&
+      probe === undefined &&
+      ctx.webSocketPath !== undefined &&
+      url.pathname === ctx.webSocketPath;
+    if (route === undefined && probe === undefined && !webSocketOnly && next !== undefined) {
+      // Not this handler's: the application's response is left as it was, without the headers below.
+      next();
+      return;
+    }
+    // Every answer of this handler, whoever writes it (JSON, the event stream, a 204, a preflight's),
+    // carries these: set on the response, which each `writeHead` merges.
+    for (const [name, value] of Object.entries(ANSWER_HEADERS)) response.setHeader(name, value);
+    if (probe === 'healthz' && ctx.health !== undefined) {
       void serveHealth(ctx, ctx.health, request, response);
       return;
     }
-    if (route === undefined && ctx.health !== undefined && isProbeRoute(request, url, `${basePath}/livez`)) {
+    if (probe === 'livez') {
       // The liveness probe: answered whenever the event loop turns, whatever the store's state or a
       // shutdown under way. A `tcpSocket` probe cannot tell a stalled loop: the kernel completes the
       // handshake into the listen backlog, so a replica stuck in a synchronous loop passed it.
       send(response, { status: 200, body: { ok: true } });
       return;
     }
-    if (route === undefined && ctx.webSocketPath !== undefined && url.pathname === ctx.webSocketPath) {
+    if (webSocketOnly) {
       send(response, {
         status: 426,
         body: errorBody(ErrorCode.InvalidInput, 'This path only speaks WebSocket: send an upgrade request'),
@@ -273,8 +295,7 @@ export function createHttpHandler<P extends Principal>(
       return;
     }
     if (route === undefined) {
-      if (next !== undefined) next();
-      else send(response, { status: 404, body: errorBody(ErrorCode.InvalidInput, 'No such route') });
+      send(response, { status: 404, body: errorBody(ErrorCode.InvalidInput, 'No such route') });
       return;
     }
     // Whose answer it is, once authenticated: its unread answers count against the principal's budget.

@@ -34,6 +34,16 @@ export const HTTP_STATUS: Readonly<Record<ErrorCode, number>> = Object.freeze({
   internal: 500,
 });
 
+/**
+ * Headers of every answer the server writes, whatever its status or body (JSON, the event stream, a 204,
+ * a refused upgrade's). `nosniff`: task data is text others wrote (task messages, items' errors), and a
+ * browser sniffing a JSON or error answer as HTML (an old one, or one opened as a page) would run it in
+ * the API's origin. Until 7 December 2026 no answer carried it.
+ */
+export const ANSWER_HEADERS: Readonly<Record<string, string>> = Object.freeze({
+  'x-content-type-options': 'nosniff',
+});
+
 /** Largest request body read (the cancel route's `{ reason }`). */
 const MAX_BODY_BYTES = 16 * 1024;
 

@@ -7,7 +7,7 @@
 import { type IncomingMessage, STATUS_CODES } from 'node:http';
 import type { Duplex } from 'node:stream';
 import type { ErrorCode } from '@finishline/core';
-import { authChallenge } from './http-request.js';
+import { ANSWER_HEADERS, authChallenge } from './http-request.js';
 
 /**
  * The subprotocols a client offered in `Sec-WebSocket-Protocol` (empty when it offered none).
@@ -45,6 +45,11 @@ export function rejectUpgrade(
         Object.entries(headers)
           .map(([name, value]) => `${name}: ${value}\r\n`)
           .join('') +
+        // As every answer of the API (`ANSWER_HEADERS`), and not to be stored: it is a credential's refusal.
+        Object.entries(ANSWER_HEADERS)
+          .map(([name, value]) => `${name}: ${value}\r\n`)
+          .join('') +
+        'Cache-Control: no-store\r\n' +
         'Content-Type: application/json; charset=utf-8\r\n' +
         `Content-Length: ${Buffer.byteLength(body)}\r\n` +
         '\r\n' +
