@@ -410,6 +410,13 @@ describe('validation: 400 before any node is touched', () => {
       /invalid label key/,
     ],
     ['unknown operation', { operation: 'reboot', nodes: ['worker-1'] }, /operation must be one of/],
+    // A review on 7 December 2026: the cluster was quoted with String(), which throws for an object whose
+    // toString is not a function: the request was answered 500 `internal` and logged as a server error.
+    [
+      'cluster that is an object without a callable toString',
+      { cluster: { toString: 1 }, operation: 'cordon', nodes: ['worker-1'] },
+      /unknown cluster: \{"toString":1\}/,
+    ],
   ];
 
   it.each(cases)('%s', async (_name, request, message) => {

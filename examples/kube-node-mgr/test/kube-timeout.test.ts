@@ -157,3 +157,55 @@ describe('a node patch that timed out', () => {
     );
   });
 });
+
+/**
+ * A review on 7 December 2026: the time limit was the HTTP request's only, while `@kubernetes/client-node`
+ * gets the credentials before it (a kubeconfig's `exec` plugin: `aws eks get-token`, `kubelogin`, the GKE
+ * plugin; an OIDC refresh). A plugin that never ends (waiting for a login, a network black-holed) hung the
+ * call, and its batch, for ever. The limit now covers the whole call, and no request is sent after it.
+ */
+describe('credentials that never come (an exec plugin that hangs)', () => {
+  it('fail the call with a Timeout error once the time limit passes, sending nothing', async () => {
+    const api = await apiServer(0);
+    const credential = {
+      apiVersion: 'client.authentication.k8s.io/v1beta1',
+      kind: 'ExecCredential',
+      status: { token: 'late-token' },
+    };
+    const kc = loadKubeConfig({ type: 'server', url: api.url });
+    kc.loadFromOptions({
+      clusters: kc.getClusters(),
+      contexts: kc.getContexts().map((c) => ({ ...c, user: 'plugin' })),
+      currentContext: kc.getCurrentContext(),
+      users: [
+        {
+          name: 'plugin',
+          exec: {
+            apiVersion: 'client.authentication.k8s.io/v1beta1',
+            // Gives its token after 1 s, long past the limit (and leaves no process behind).
+            command: process.execPath,
+            args: [
+              '-e',
+              `setTimeout(() => console.log(${JSON.stringify(JSON.stringify(credential))}), 1000)`,
+            ],
+          },
+        },
+      ],
+    });
+    const nodes = new KubeNodes(kc, { requestTimeoutMs: 200 });
+    const started = Date.now();
+    const error = await nodes.get('n1').catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(KubeApiError);
+    expect({ status: (error as KubeApiError).status, reason: (error as KubeApiError).reason }).toEqual({
+      status: 0,
+      reason: 'Timeout',
+    });
+    expect(Date.now() - started).toBeLessThan(1500);
+    // Once the plugin has given its token, the call given up on sends no request late.
+    await new Promise((r) => setTimeout(r, 1500));
+    expect(api.requests).toEqual([]);
+    // The same credentials in time work (the plugin's token is cached by the library).
+    expect((await new KubeNodes(kc, { requestTimeoutMs: 2000 }).get('n1')).name).toBe('n1');
+    expect(api.requests).toEqual(['GET']);
+  }, 10_000);
+});

@@ -1,3 +1,4 @@
+import { AsyncLocalStorage } from 'node:async_hooks';
 import {
   AppsV1Api,
   CoreV1Api,
@@ -89,9 +90,10 @@ export function loadKubeConfig(source: KubeSource): KubeConfig {
 /** Options of {@link KubeNodes}. */
 export interface KubeNodesOptions {
   /**
-   * How long one Kubernetes API request may take, answer body included, before it is aborted and fails
-   * with a {@link KubeApiError} of reason `Timeout`. `@kubernetes/client-node` sets no timeout, so a
-   * connection the network black-holes hung its batch for ever, the nodes' locks held.
+   * How long one Kubernetes API call may take, its credentials (a kubeconfig's `exec` plugin, an OIDC
+   * refresh) and its answer body included, before it is aborted and fails with a {@link KubeApiError} of
+   * reason `Timeout`. `@kubernetes/client-node` sets no timeout, so a connection the network black-holes
+   * hung its batch for ever, the nodes' locks held; and so did a credential plugin that never ended.
    * @default 30000
    */
   requestTimeoutMs?: number;
@@ -101,17 +103,28 @@ export interface KubeNodesOptions {
 export const KUBE_NODES_DEFAULTS = Object.freeze({ requestTimeoutMs: 30_000 });
 
 /**
+ * The deadline of the {@link KubeNodes} call a request is sent for (see `KubeNodes.#timed`): the library's
+ * API methods take no signal, so it reaches the HTTP library through the call's async context.
+ */
+const callDeadline = new AsyncLocalStorage<AbortSignal>();
+
+/** The error of a call past its time limit. */
+const timeoutError = (timeoutMs: number) =>
+  new KubeApiError(0, 'Timeout', `Kubernetes API did not answer within ${timeoutMs} ms`);
+
+/**
  * `@kubernetes/client-node`'s own HTTP library (node-fetch with the kubeconfig's agent) plus an abort
- * signal: the library passes none, and its API methods take none.
+ * signal: the library passes none, and its API methods take none. The signal is the call's deadline (one
+ * past it already sends nothing), else a time limit of the request's own.
  */
 function timedHttpLibrary(timeoutMs: number) {
   return wrapHttpLibrary({
     async send(request: RequestContext): Promise<ResponseContext> {
-      const signal = AbortSignal.timeout(timeoutMs);
-      const timedOut = (error: unknown) =>
-        signal.aborted
-          ? new KubeApiError(0, 'Timeout', `Kubernetes API did not answer within ${timeoutMs} ms`)
-          : error;
+      const signal = callDeadline.getStore() ?? AbortSignal.timeout(timeoutMs);
+      // Credentials that came after the call was given up on: no request goes out late (a PATCH landing
+      // after its node was reported failed).
+      if (signal.aborted) throw timeoutError(timeoutMs);
+      const timedOut = (error: unknown) => (signal.aborted ? timeoutError(timeoutMs) : error);
       try {
         const response = await fetch(request.getUrl(), {
           method: request.getHttpMethod().toString(),
@@ -171,6 +184,7 @@ export const FIELD_MANAGER = 'kube-node-mgr';
 export class KubeNodes {
   readonly #api: CoreV1Api;
   readonly #apps: AppsV1Api;
+  readonly #timeoutMs: number;
   /** Where the API is (for the start-up banner). */
   readonly server: string;
 
@@ -191,13 +205,42 @@ export class KubeNodes {
     });
     this.#api = new CoreV1Api(configuration);
     this.#apps = new AppsV1Api(configuration);
+    this.#timeoutMs = requestTimeoutMs;
     this.server = cluster.server;
+  }
+
+  /**
+   * Runs one API call under the time limit, from its start: the library gets the credentials (a kubeconfig's
+   * `exec` plugin, an OIDC refresh) before the HTTP request, and a plugin that never ended hung the call and
+   * its batch for ever, the request's own limit not yet started. Past the limit the call fails with a
+   * `Timeout` {@link KubeApiError} (a late answer is dropped), and its request, sent or not, is aborted.
+   */
+  async #timed<T>(call: () => Promise<T>): Promise<T> {
+    const deadline = new AbortController();
+    const timer = setTimeout(() => deadline.abort(), this.#timeoutMs);
+    // A stopping process does not wait for a hung call's limit.
+    timer.unref();
+    let onAbort: (() => void) | undefined;
+    try {
+      return await Promise.race([
+        callDeadline.run(deadline.signal, call),
+        new Promise<never>((_resolve, reject) => {
+          onAbort = () => reject(timeoutError(this.#timeoutMs));
+          deadline.signal.addEventListener('abort', onAbort, { once: true });
+        }),
+      ]);
+    } finally {
+      clearTimeout(timer);
+      if (onAbort !== undefined) deadline.signal.removeEventListener('abort', onAbort);
+    }
   }
 
   /** Every node (optionally filtered by a label selector), sorted by name. */
   async list(labelSelector?: string): Promise<NodeView[]> {
     try {
-      const list = await this.#api.listNode(labelSelector === undefined ? {} : { labelSelector });
+      const list = await this.#timed(() =>
+        this.#api.listNode(labelSelector === undefined ? {} : { labelSelector }),
+      );
       return list.items.map(toView).sort((a, b) => a.name.localeCompare(b.name));
     } catch (error) {
       throw toError(error);
@@ -207,7 +250,7 @@ export class KubeNodes {
   /** One node. */
   async get(name: string): Promise<NodeView> {
     try {
-      return toView(await this.#api.readNode({ name }));
+      return toView(await this.#timed(() => this.#api.readNode({ name })));
     } catch (error) {
       throw toError(error);
     }
@@ -216,7 +259,9 @@ export class KubeNodes {
   /** The pods scheduled on a node, in every namespace. */
   async podsOn(node: string): Promise<PodRef[]> {
     try {
-      const list = await this.#api.listPodForAllNamespaces({ fieldSelector: `spec.nodeName=${node}` });
+      const list = await this.#timed(() =>
+        this.#api.listPodForAllNamespaces({ fieldSelector: `spec.nodeName=${node}` }),
+      );
       return list.items.map(toPodRef);
     } catch (error) {
       throw toError(error);
@@ -226,7 +271,7 @@ export class KubeNodes {
   /** One pod, or `null` once it is gone. */
   async pod(namespace: string, name: string): Promise<PodRef | null> {
     try {
-      return toPodRef(await this.#api.readNamespacedPod({ namespace, name }));
+      return toPodRef(await this.#timed(() => this.#api.readNamespacedPod({ namespace, name })));
     } catch (error) {
       const e = toError(error);
       if (e.status === 404) return null;
@@ -240,7 +285,7 @@ export class KubeNodes {
    */
   async daemonSetExists(namespace: string, name: string): Promise<boolean> {
     try {
-      await this.#apps.readNamespacedDaemonSet({ namespace, name });
+      await this.#timed(() => this.#apps.readNamespacedDaemonSet({ namespace, name }));
       return true;
     } catch (error) {
       const e = toError(error);
@@ -257,16 +302,18 @@ export class KubeNodes {
    */
   async evict(namespace: string, name: string, uid: string): Promise<void> {
     try {
-      await this.#api.createNamespacedPodEviction({
-        namespace,
-        name,
-        body: {
-          apiVersion: 'policy/v1',
-          kind: 'Eviction',
-          metadata: { name, namespace },
-          ...(uid === '' ? {} : { deleteOptions: { preconditions: { uid } } }),
-        },
-      });
+      await this.#timed(() =>
+        this.#api.createNamespacedPodEviction({
+          namespace,
+          name,
+          body: {
+            apiVersion: 'policy/v1',
+            kind: 'Eviction',
+            metadata: { name, namespace },
+            ...(uid === '' ? {} : { deleteOptions: { preconditions: { uid } } }),
+          },
+        }),
+      );
     } catch (error) {
       throw toError(error);
     }
@@ -275,9 +322,11 @@ export class KubeNodes {
   /** Applies a JSON merge patch and answers with the node as the API left it. */
   async mergePatch(name: string, patch: Record<string, unknown>): Promise<NodeView> {
     try {
-      const node = await this.#api.patchNode(
-        { name, body: patch, fieldManager: FIELD_MANAGER },
-        setHeaderOptions('Content-Type', PatchStrategy.MergePatch),
+      const node = await this.#timed(() =>
+        this.#api.patchNode(
+          { name, body: patch, fieldManager: FIELD_MANAGER },
+          setHeaderOptions('Content-Type', PatchStrategy.MergePatch),
+        ),
       );
       return toView(node);
     } catch (error) {

@@ -10,6 +10,7 @@ import type { AppDb, AuditEvent } from '../app-db.js';
 import { ROLES, type Role, type Session, type SessionManager } from '../auth.js';
 import type { Cluster, ClusterSet } from '../clusters.js';
 import { KubeApiError } from '../kube-nodes.js';
+import { quoted } from '../operations.js';
 
 /** The principal of the Finishline server: the user and its role. */
 export interface Principal {
@@ -159,7 +160,9 @@ export function createGuards(parts: {
   const clusterOf: Guards['clusterOf'] = (res, name) => {
     const cluster = clusters.resolve(name);
     if (cluster === undefined) {
-      fail(res, 400, 'unknown_cluster', `unknown cluster: ${String(name).slice(0, 100)}`, {
+      // Quoted as JSON (`quoted`), not with String(): a body's `{"toString": 1}` made String() throw, and the
+      // request was answered 500 `internal`.
+      fail(res, 400, 'unknown_cluster', `unknown cluster: ${quoted(name)}`, {
         field: 'cluster',
         clusters: clusters.list().map((c) => c.name),
       });
