@@ -325,7 +325,7 @@ export class Connection<P extends Principal> {
   #onDecoded(decoded: DecodeResult<ClientFrame>): void {
     if (!decoded.ok) {
       const byRequest: FrameRefs = decoded.requestId === undefined ? {} : { requestId: decoded.requestId };
-      if (!this.#budget.take(byRequest)) return;
+      if (!this.#take(byRequest)) return;
       const { code, message, taskId } = decoded.error;
       const refs = { ...byRequest, ...(taskId === undefined ? {} : { taskId }) };
       if (code === ErrorCode.UnsupportedProtocol) {
@@ -353,8 +353,23 @@ export class Connection<P extends Principal> {
     const free =
       (frame.type === 'ack' && this.#subs.ackAdvances(frame)) ||
       (frame.type === 'unsubscribe' && this.#subs.get(frame.taskId) !== undefined);
-    if (!free && !this.#budget.take(refusalRefs(frame))) return;
+    if (!free && !this.#take(refusalRefs(frame))) return;
     this.#handle(frame);
+  }
+
+  /**
+   * Takes the frame's rate-limit token (see {@link FrameBudget.take}). The budget reads the clock (the
+   * socket's bucket, the principal's, a refusal's time); one that throws (returned NaN once) fails the
+   * frame with `internal` naming it by `refs`, as a ping's pong read does. Left to the guard, the error
+   * carried no `requestId`, and the client could not match it to its request.
+   */
+  #take(refs: FrameRefs): boolean {
+    try {
+      return this.#budget.take(refs);
+    } catch (error) {
+      this.#internalError(error, refs.requestId, refs.taskId);
+      return false;
+    }
   }
 
   #handle(frame: ClientFrame): void {
