@@ -309,7 +309,9 @@ export class Connection<P extends Principal> {
       // Our close crossed frames already on their way. An ack among them still counts: it records what
       // the client processed, and the client will not send it again; dropping it left the task's processed
       // mark behind (the full chaos run found it, when replicas shut down gracefully). Anything else is moot
-      // on a closing socket.
+      // on a closing socket. Not after an expiry: this frame arrived once the credential had expired (the
+      // check above, or the expiry's timer, closed the socket), and recorded, its ack was an effect of it.
+      if (this.#gate.expired) return;
       if (decoded.ok && decoded.frame.type === 'ack' && this.#subs.ackAdvances(decoded.frame)) {
         this.#subs.ack(decoded.frame);
       }
