@@ -154,6 +154,7 @@ export class Connection<P extends Principal> {
       writer: this.#writer,
       principal: () => this.#gate.principal as P,
       isOpen,
+      inForce: () => this.#gate.inForce(),
       internalError: (error, requestId, taskId) => this.#internalError(error, requestId, taskId),
     });
     this.#gate = new AuthGate<P>({

@@ -793,6 +793,26 @@ describe('a credential that expires while a check of the socket runs', () => {
     await expectNoAckRecorded(env, task);
   });
 
+  // The same review: an ack that came while the subscribe was being authorized is held until its answer
+  // (so that a refused subscribe never reaches the store); an answer that came after the expiry sent
+  // no snapshot, but still recorded the held ack, on an authorization the expired credential gave.
+  it("records no held ack of a subscribe whose authorize answers after the credential's expiry", async () => {
+    const clock = new ManualClock();
+    const held = gate();
+    const env = await startOnClock(clock, held);
+    const task = await env.server.tasks.create({ owner: 'alice', kind: 'k' });
+    await task.progress({ done: 1 });
+    await task.progress({ done: 2 });
+    const client = await authed('alice:60000:slow');
+    client.send({ type: 'subscribe', taskId: task.id, afterSeq: 2 });
+    client.send({ type: 'ack', taskId: task.id, seq: 2 });
+    await client.sync();
+    clock.advance(60_001);
+    held.open();
+    expect((await client.closed).code).toBe(4011);
+    await expectNoAckRecorded(env, task);
+  });
+
   it('records an ack received while the credential was in force, however late the store is written', async () => {
     const clock = new ManualClock();
     const env = await startOnClock(clock, gate());
