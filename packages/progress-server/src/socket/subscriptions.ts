@@ -405,6 +405,8 @@ export class Subscriptions<P extends Principal> {
     // Nothing more of a followed task goes out until the new credential is found to allow it; those
     // already re-checked under the credential this one replaces are checked again.
     for (const sub of this.#subs.values()) sub.suspend();
+    // And what the socket's queue holds of them already (see `SocketWriter.holdQueued`).
+    this.#ctx.writer.holdQueued();
     this.#recheckNext = principal;
     if (this.#rechecking) return;
     this.#rechecking = true;
@@ -417,6 +419,7 @@ export class Subscriptions<P extends Principal> {
       }
     } finally {
       this.#rechecking = false;
+      this.#ctx.writer.releaseQueued();
     }
   }
 
