@@ -83,6 +83,8 @@ export class AuthGate<P extends Principal> {
   #authTimer: NodeJS.Timeout | undefined;
   /** Ends the socket when its principal's credential expires (`Principal.expiresAt`). */
   #expiryTimer: NodeJS.Timeout | undefined;
+  /** The socket ended because its credential expired (see {@link expired}). */
+  #endedByExpiry = false;
 
   constructor(host: GateHost<P>) {
     this.#host = host;
@@ -243,6 +245,14 @@ export class AuthGate<P extends Principal> {
     if (principal === undefined || !this.#expired(principal)) return true;
     this.#expire();
     return false;
+  }
+
+  /**
+   * The socket is closing, or closed, because its credential expired: a frame that arrives now was received
+   * after the expiry, and has no effect (not even an ack, which one crossing any other close keeps).
+   */
+  get expired(): boolean {
+    return this.#endedByExpiry;
   }
 
   /** Ends the socket: an `error` frame saying why, then the matching close code. */
@@ -408,6 +418,7 @@ export class AuthGate<P extends Principal> {
    * close 4011, which a client answers by fetching a fresh credential and reconnecting.
    */
   #expire(): void {
+    this.#endedByExpiry = true;
     const code = this.#host.version >= 2 ? ErrorCode.TokenExpired : ErrorCode.Unauthenticated;
     this.refuse(code, CloseCode.TokenExpired, 'The credential expired; reconnect with a fresh one');
   }

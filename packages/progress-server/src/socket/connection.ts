@@ -154,6 +154,7 @@ export class Connection<P extends Principal> {
       writer: this.#writer,
       principal: () => this.#gate.principal as P,
       isOpen,
+      inForce: () => this.#gate.inForce(),
       internalError: (error, requestId, taskId) => this.#internalError(error, requestId, taskId),
     });
     this.#gate = new AuthGate<P>({
@@ -309,7 +310,9 @@ export class Connection<P extends Principal> {
       // Our close crossed frames already on their way. An ack among them still counts: it records what
       // the client processed, and the client will not send it again; dropping it left the task's processed
       // mark behind (the full chaos run found it, when replicas shut down gracefully). Anything else is moot
-      // on a closing socket.
+      // on a closing socket. Not after an expiry: this frame arrived once the credential had expired (the
+      // check above, or the expiry's timer, closed the socket), and recorded, its ack was an effect of it.
+      if (this.#gate.expired) return;
       if (decoded.ok && decoded.frame.type === 'ack' && this.#subs.ackAdvances(decoded.frame)) {
         this.#subs.ack(decoded.frame);
       }
@@ -325,7 +328,7 @@ export class Connection<P extends Principal> {
   #onDecoded(decoded: DecodeResult<ClientFrame>): void {
     if (!decoded.ok) {
       const byRequest: FrameRefs = decoded.requestId === undefined ? {} : { requestId: decoded.requestId };
-      if (!this.#budget.take(byRequest)) return;
+      if (!this.#take(byRequest)) return;
       const { code, message, taskId } = decoded.error;
       const refs = { ...byRequest, ...(taskId === undefined ? {} : { taskId }) };
       if (code === ErrorCode.UnsupportedProtocol) {
@@ -353,8 +356,23 @@ export class Connection<P extends Principal> {
     const free =
       (frame.type === 'ack' && this.#subs.ackAdvances(frame)) ||
       (frame.type === 'unsubscribe' && this.#subs.get(frame.taskId) !== undefined);
-    if (!free && !this.#budget.take(refusalRefs(frame))) return;
+    if (!free && !this.#take(refusalRefs(frame))) return;
     this.#handle(frame);
+  }
+
+  /**
+   * Takes the frame's rate-limit token (see {@link FrameBudget.take}). The budget reads the clock (the
+   * socket's bucket, the principal's, a refusal's time); one that throws (returned NaN once) fails the
+   * frame with `internal` naming it by `refs`, as a ping's pong read does. Left to the guard, the error
+   * carried no `requestId`, and the client could not match it to its request.
+   */
+  #take(refs: FrameRefs): boolean {
+    try {
+      return this.#budget.take(refs);
+    } catch (error) {
+      this.#internalError(error, refs.requestId, refs.taskId);
+      return false;
+    }
   }
 
   #handle(frame: ClientFrame): void {

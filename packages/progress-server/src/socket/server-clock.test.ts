@@ -222,3 +222,59 @@ describe('a clock that throws while a ping is answered', () => {
     expect(await client.next((frame) => frame.type === 'pong')).toMatchObject({ requestId: 'p2' });
   });
 });
+
+describe('a clock that throws inside the frame budget', () => {
+  // Found by a review (7 December 2026): the budget reads the clock (the socket's bucket, the principal's,
+  // a refusal's time) before the frame is handled, and its throw reached the connection's guard, whose
+  // `internal` error named no frame: the client could not match it to its request (docs/protocol.md: an
+  // error answering a request carries its `requestId`).
+  it.each([
+    ["the socket's bucket", 0],
+    // Its second read is the principal budgets' sweep, which skips itself when the clock throws.
+    ["the principal's bucket", 2],
+    ["the socket's bucket as the token is taken", 3],
+  ])('answers a ping with an internal error that echoes its id when %s reads it', async (_read, skip) => {
+    let readsToSkip = Number.POSITIVE_INFINITY;
+    await session.start({
+      clock: () => (readsToSkip-- === 0 ? Number.NaN : Date.now()),
+      heartbeatIntervalMs: 60_000,
+    });
+    const client = await session.connect({ user: 'alice' });
+    readsToSkip = skip;
+    client.send({ type: 'ping', id: 'p1' });
+    const error = await client.next((frame) => frame.type === 'error');
+    readsToSkip = Number.POSITIVE_INFINITY;
+    expect(error).toMatchObject({ type: 'error', code: 'internal', requestId: 'p1' });
+    client.send({ type: 'ping', id: 'p2' });
+    expect(await client.next((frame) => frame.type === 'pong')).toMatchObject({ requestId: 'p2' });
+  });
+
+  it("answers a subscribe with an internal error that echoes its id and task when the budget's clock throws", async () => {
+    let broken = false;
+    const env = await session.start({
+      clock: () => (broken ? Number.NaN : Date.now()),
+      heartbeatIntervalMs: 60_000,
+    });
+    const task = await env.server.tasks.create({ owner: 'alice', kind: 'k' });
+    const client = await session.connect({ user: 'alice' });
+    broken = true;
+    client.send({ type: 'subscribe', id: 's1', taskId: task.id, afterSeq: 0 });
+    const error = await client.next((frame) => frame.type === 'error');
+    broken = false;
+    expect(error).toMatchObject({ type: 'error', code: 'internal', requestId: 's1', taskId: task.id });
+  });
+
+  it('answers an invalid frame with an internal error that echoes its id when the budget reads it', async () => {
+    let broken = false;
+    await session.start({
+      clock: () => (broken ? Number.NaN : Date.now()),
+      heartbeatIntervalMs: 60_000,
+    });
+    const client = await session.connect({ user: 'alice' });
+    broken = true;
+    client.sendRaw(JSON.stringify({ type: 'subscribe', id: 's2', taskId: 't', afterSeq: -1 }));
+    const error = await client.next((frame) => frame.type === 'error');
+    broken = false;
+    expect(error).toMatchObject({ type: 'error', code: 'internal', requestId: 's2' });
+  });
+});

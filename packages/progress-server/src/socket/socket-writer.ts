@@ -133,6 +133,8 @@ export class SocketWriter {
   #heldBytes = 0;
   /** The queue's weight as last told to the principal's budget (`WriterContext.queuedBytes`). */
   #reportedBytes = 0;
+  /** What is queued waits for a renewal's re-check (see {@link holdQueued}). */
+  #queuedHeld = false;
 
   constructor(ctx: WriterContext) {
     this.#ctx = ctx;
@@ -254,6 +256,25 @@ export class SocketWriter {
     this.#reportBytes();
   }
 
+  /**
+   * A renewal's re-check starts: what is queued now (the socket above its high-water mark) was queued
+   * under the credential it replaces, for tasks the new one may not be allowed to watch, so it waits, with
+   * all queued behind it, until {@link releaseQueued}; a task the re-check refuses has its entries dropped
+   * meanwhile (`forget`). The subscriptions hold what their streams deliver from now on. Drained on, the
+   * queue sent a refused task's frames while its re-check ran, after the replaced credential's expiry too.
+   * Nothing queued, nothing waits: a subscribe answered during the re-check goes out as before.
+   */
+  holdQueued(): void {
+    if (this.#queue.size > 0 || this.#resets.size > 0) this.#queuedHeld = true;
+  }
+
+  /** The re-check ended (see {@link holdQueued}): what waited drains. */
+  releaseQueued(): void {
+    if (!this.#queuedHeld) return;
+    this.#queuedHeld = false;
+    this.drain();
+  }
+
   /** The socket holds more for its client than `bound` allows: it ends (once), and nothing more is queued. */
   overflow(bound: QueueBound): void {
     if (this.#overflowed) return;
@@ -294,7 +315,7 @@ export class SocketWriter {
 
   /** Writes queued entries while the socket's buffer allows (see the class). */
   drain(): void {
-    if (!this.#ctx.isOpen() || this.#drainTimer !== undefined) return;
+    if (this.#queuedHeld || !this.#ctx.isOpen() || this.#drainTimer !== undefined) return;
     if (this.#ctx.ws.readyState !== WebSocket.OPEN) return;
     while (this.#queue.size > 0 || this.#resets.size > 0) {
       if (this.#ctx.ws.bufferedAmount > this.#ctx.options.highWaterMarkBytes) {

@@ -34,6 +34,8 @@ export interface SubscriptionsContext<P extends Principal>
   /** The socket's principal (the socket is open). */
   principal(): P;
   isOpen(): boolean;
+  /** Whether the principal's credential is still in force; once it expired, the socket ends (`AuthGate.inForce`). */
+  inForce(): boolean;
   /** A handler failed: logged, counted and answered as internal. */
   internalError(error: unknown, requestId?: string, taskId?: string): void;
 }
@@ -211,7 +213,9 @@ export class Subscriptions<P extends Principal> {
       if (current.isCurrent(stream)) this.#refuse(current, task, this.#waiting(current));
       return;
     }
-    if (!current.isCurrent(stream)) return;
+    // An answer that came once the credential expired authorizes nothing: no snapshot goes out (the writer
+    // asks the same), and no ack held for the authorization is recorded.
+    if (!current.isCurrent(stream) || !this.#ctx.inForce()) return;
     const held = current.authorize(task.seq, task.createdAt);
     // An ack held across an epoch change acknowledges a seq of the old epoch: nothing to record.
     if (held > 0 && !renewed) this.ack({ type: 'ack', taskId, seq: held });
@@ -401,6 +405,8 @@ export class Subscriptions<P extends Principal> {
     // Nothing more of a followed task goes out until the new credential is found to allow it; those
     // already re-checked under the credential this one replaces are checked again.
     for (const sub of this.#subs.values()) sub.suspend();
+    // And what the socket's queue holds of them already (see `SocketWriter.holdQueued`).
+    this.#ctx.writer.holdQueued();
     this.#recheckNext = principal;
     if (this.#rechecking) return;
     this.#rechecking = true;
@@ -413,6 +419,7 @@ export class Subscriptions<P extends Principal> {
       }
     } finally {
       this.#rechecking = false;
+      this.#ctx.writer.releaseQueued();
     }
   }
 

@@ -1,3 +1,4 @@
+import type { Socket } from 'node:net';
 import { ErrorCode, PROTOCOL_NAME_V1, ProgressError } from '@finishline/core';
 import { ManualClock } from '@finishline/core/testing';
 import { describe, expect, it, vi } from 'vitest';
@@ -777,6 +778,57 @@ describe('a credential that expires while a check of the socket runs', () => {
     expect(asked).toEqual([]);
   });
 
+  // Review, 7 December 2026: an ack that arrived once the credential had expired ended the socket (4011),
+  // and was then taken as one crossing the server's close (kept so that a graceful shutdown loses no ack):
+  // the store recorded it, an effect of a frame handled on an expired credential. So was every ack behind it.
+  it('records no ack received once the credential expired, and ends the socket instead', async () => {
+    const clock = new ManualClock();
+    const env = await startOnClock(clock, gate());
+    const task = await env.server.tasks.create({ owner: 'alice', kind: 'k' });
+    const client = await authed('alice:60000:fast');
+    await followedPastTwoEvents(client, task);
+    clock.advance(60_001);
+    client.send({ type: 'ack', taskId: task.id, seq: 1 });
+    client.send({ type: 'ack', taskId: task.id, seq: 2 });
+    expect((await client.closed).code).toBe(4011);
+    await expectNoAckRecorded(env, task);
+  });
+
+  // The same review: an ack that came while the subscribe was being authorized is held until its answer
+  // (so that a refused subscribe never reaches the store); an answer that came after the expiry sent
+  // no snapshot, but still recorded the held ack, on an authorization the expired credential gave.
+  it("records no held ack of a subscribe whose authorize answers after the credential's expiry", async () => {
+    const clock = new ManualClock();
+    const held = gate();
+    const env = await startOnClock(clock, held);
+    const task = await env.server.tasks.create({ owner: 'alice', kind: 'k' });
+    await task.progress({ done: 1 });
+    await task.progress({ done: 2 });
+    const client = await authed('alice:60000:slow');
+    client.send({ type: 'subscribe', taskId: task.id, afterSeq: 2 });
+    client.send({ type: 'ack', taskId: task.id, seq: 2 });
+    await client.sync();
+    clock.advance(60_001);
+    held.open();
+    expect((await client.closed).code).toBe(4011);
+    await expectNoAckRecorded(env, task);
+  });
+
+  it('records an ack received while the credential was in force, however late the store is written', async () => {
+    const clock = new ManualClock();
+    const env = await startOnClock(clock, gate());
+    const task = await env.server.tasks.create({ owner: 'alice', kind: 'k' });
+    const client = await authed('alice:60000:fast');
+    await followedPastTwoEvents(client, task);
+    client.send({ type: 'ack', taskId: task.id, seq: 2 });
+    await client.sync();
+    clock.advance(60_001);
+    client.send({ type: 'ping', id: 'p' });
+    expect((await client.closed).code).toBe(4011);
+    await env.server.close({ timeoutMs: 1000 });
+    expect((await env.store.getTask(task.id))?.ackedSeq).toBe(2);
+  });
+
   it('sends no heartbeat, which names the tasks followed, once the credential expired', async () => {
     const clock = new ManualClock();
     const { server } = await startOnClock(clock, gate(), 20);
@@ -795,4 +847,98 @@ describe('a credential that expires while a check of the socket runs', () => {
     ]);
     expect(closed.code).toBe(4011);
   });
+});
+
+describe('token renewal: frames queued before it', () => {
+  // Review, 7 December 2026: a renewal's re-check held what the task's stream delivered from then on, but
+  // not what the socket's queue already held (a client reading slowly: the socket above its high-water
+  // mark), which went on draining while the re-check ran, under a credential not yet found to allow the
+  // task (and after the replaced one's expiry: a renewal is sent as it nears).
+  type Scoped = Principal & { scope: string };
+
+  /**
+   * A client of `alice:all` whose socket is taken above its high-water mark by a task's progress, the
+   * task's last events queued behind it, renewed with `alice:<scope>` (whose `authorize` waits for `held`),
+   * then reading again while the re-check waits. Returns the task's last seq.
+   */
+  async function queuedAtRenewal(scope: string, held: { promise: Promise<void> }) {
+    const env = await session.start({
+      authenticate: () => null,
+      authenticateToken: (token): Scoped | null => {
+        const [id, tokenScope] = token.split(':');
+        if (id === undefined || tokenScope === undefined) return null;
+        return { id, scope: tokenScope, expiresAt: Date.now() + 60_000 };
+      },
+      authorize: async (principal, task) => {
+        const { scope: principalScope } = principal as Scoped;
+        if (principalScope !== 'all') await held.promise;
+        return task.owner === principal.id && principalScope !== 'none';
+      },
+      highWaterMarkBytes: 64 * 1024,
+      heartbeatIntervalMs: 300_000,
+      rateLimitPerSecond: 1_000_000,
+      rateLimitBurst: 1_000_000,
+      rateLimitPerPrincipalPerSecond: 1_000_000,
+    });
+    const sockets: Socket[] = [];
+    env.server.httpServer!.on('upgrade', (_request, socket) => sockets.push(socket as Socket));
+    const task = await env.server.tasks.create({ owner: 'alice', kind: 'k' });
+    const client = await authed('alice:all');
+    const transport = (client.ws as unknown as { _socket: Socket })._socket;
+    client.send({ type: 'subscribe', taskId: task.id, afterSeq: 0 });
+    await client.next((frame) => frame.type === 'snapshot');
+    transport.pause();
+    const buffered = () => sockets[0]!.writableLength;
+    let seq = 0;
+    for (let i = 0; i < 10_000 && buffered() <= 64 * 1024; i += 1) {
+      await task.progress({ message: 'm'.repeat(4000) });
+      seq += 1;
+      if (i % 50 === 49) await sleep(1);
+    }
+    expect(buffered()).toBeGreaterThan(64 * 1024);
+    for (let i = 0; i < 5; i += 1) {
+      await task.progress({ message: `queued ${i}` });
+      seq += 1;
+    }
+    client.send({ type: 'auth', token: `alice:${scope}`, protocol: 2 });
+    await sleep(100);
+    transport.resume();
+    // The re-check still waits on `authorize`: the client reads what was written before.
+    await sleep(500);
+    return { client, seq };
+  }
+
+  /** A frame of the task at `seq` (an event, or the snapshot a congested run of progress is folded into). */
+  const atSeq = (seq: number) => (frame: Received) =>
+    (frame.type === 'event' && seqOf(frame) === seq) ||
+    (frame.type === 'snapshot' && (frame.task as { seq: number }).seq === seq);
+
+  it('sends nothing queued for a task while the re-check that refuses it runs', async () => {
+    const held = gate();
+    const { client, seq } = await queuedAtRenewal('none', held);
+    try {
+      expect(client.frames.filter(atSeq(seq))).toEqual([]);
+      held.open();
+      await client.next((frame) => frame.type === 'error' && frame.code === 'task_not_found');
+      await client.sync();
+      expect(client.frames.filter(atSeq(seq))).toEqual([]);
+    } finally {
+      held.open();
+      client.ws.terminate();
+    }
+  }, 30_000);
+
+  it('sends what was queued once the re-check allows the task', async () => {
+    const held = gate();
+    const { client, seq } = await queuedAtRenewal('some', held);
+    try {
+      expect(client.frames.filter(atSeq(seq))).toEqual([]);
+      held.open();
+      await client.next(atSeq(seq));
+      expect(client.frames.filter((frame) => frame.type === 'error')).toEqual([]);
+    } finally {
+      held.open();
+      client.ws.terminate();
+    }
+  }, 30_000);
 });
