@@ -724,6 +724,19 @@ describe('tab sharing', () => {
     expect(() => tabSharing()).toThrow(expect.objectContaining({ code: 'invalid_input' }));
   });
 
+  it('rejects a channel that is not a factory (a BroadcastChannel given as it is) with invalid_input, at once', () => {
+    const tab = new Browser().tab();
+    const instance = tab.channel('finishline:ws://example.test/progress');
+    // Before, taken as it was: each socket the client opened threw a TypeError, and the client retried for
+    // ever, saying only "could not create a socket".
+    expect(() => tabSharing({ channel: instance as never, locks: tab.locks })).toThrow(
+      expect.objectContaining({
+        code: 'invalid_input',
+        message: expect.stringMatching(/BroadcastChannel factory/),
+      }),
+    );
+  });
+
   it('renewToken() in a tab reaches the server through the leader, and each tab speaks the selected version', async () => {
     const browser = new Browser();
     const server = new FakeServer();

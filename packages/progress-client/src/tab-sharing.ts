@@ -87,7 +87,7 @@ export interface TabSharing {
  * ```
  *
  * @throws ProgressError `invalid_input` where `BroadcastChannel` or `navigator.locks` is missing and none
- *   is given.
+ *   is given, or `channel` is not a function (a `BroadcastChannel` itself, say).
  */
 export function tabSharing(options: TabSharingOptions = {}): TabSharing {
   const scope = globalThis as unknown as {
@@ -97,8 +97,13 @@ export function tabSharing(options: TabSharingOptions = {}): TabSharing {
   const Channel = scope.BroadcastChannel;
   const channel = options.channel ?? (Channel && ((name: string) => new Channel(name)));
   const locks = options.locks ?? scope.navigator?.locks;
-  if (channel === undefined || locks === undefined) {
-    throw new ProgressError(ErrorCode.InvalidInput, 'tabSharing: no BroadcastChannel or navigator.locks');
+  // Checked here, not when a socket first needs it: a BroadcastChannel given where its factory is asked for
+  // made every socket the client opened throw a TypeError, and the client retried for ever.
+  if (typeof channel !== 'function' || !locks) {
+    throw new ProgressError(
+      ErrorCode.InvalidInput,
+      'tabSharing: no BroadcastChannel factory or navigator.locks',
+    );
   }
   const env: HubEnv = { prefix: options.namePrefix ?? 'finishline:', channel, locks };
   const hubs = new Map<string, TabHub>();
