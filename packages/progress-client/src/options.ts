@@ -100,7 +100,8 @@ export interface ProgressClientOptions {
   /**
    * Headers sent with the upgrade (only where the WebSocket implementation accepts them: `ws` in Node;
    * browsers authenticate with cookies) and with every HTTP request. For example a `cookie` or an
-   * `authorization` header in Node.
+   * `authorization` header in Node. Not sent on a socket shared across tabs (`shareAcrossTabs`): the leader
+   * tab opens the real socket without headers (docs/client.md, Many tabs).
    * @default {}
    */
   headers?: Readonly<Record<string, string>> | undefined;

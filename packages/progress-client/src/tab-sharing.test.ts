@@ -724,6 +724,19 @@ describe('tab sharing', () => {
     expect(() => tabSharing()).toThrow(expect.objectContaining({ code: 'invalid_input' }));
   });
 
+  it('rejects a channel that is not a factory (a BroadcastChannel given as it is) with invalid_input, at once', () => {
+    const tab = new Browser().tab();
+    const instance = tab.channel('finishline:ws://example.test/progress');
+    // Before, taken as it was: each socket the client opened threw a TypeError, and the client retried for
+    // ever, saying only "could not create a socket".
+    expect(() => tabSharing({ channel: instance as never, locks: tab.locks })).toThrow(
+      expect.objectContaining({
+        code: 'invalid_input',
+        message: expect.stringMatching(/BroadcastChannel factory/),
+      }),
+    );
+  });
+
   it('renewToken() in a tab reaches the server through the leader, and each tab speaks the selected version', async () => {
     const browser = new Browser();
     const server = new FakeServer();
@@ -1116,6 +1129,48 @@ describe('tab sharing', () => {
     await vi.waitFor(() => expect(real.frames('subscribe')).toHaveLength(3));
     expect(server.sockets).toHaveLength(2);
     await Promise.all([alice, renewing, bob, renewed].map((client) => client.close()));
+  });
+
+  it("two renewals in flight (a second tab's forwarded before the first's hello): the first hello puts the first token in force, not the second, and a tab bringing the second waits for its own hello", async () => {
+    const browser = new Browser();
+    const server = new FakeServer();
+    const tokens = ['tok', 'tok'];
+    const [first, second] = [browser.tab(), browser.tab()].map((tab, index) =>
+      clientIn(tab, server, { token: () => tokens[index] as string }),
+    ) as [ProgressClient, ProgressClient];
+    first.watch('t1');
+    second.watch('t1');
+    const real = await acceptReal(server, 1);
+    await vi.waitFor(() => expect(real.frames('subscribe')).toHaveLength(2));
+    // Both tabs renew before the server answers either: it checks tok2, then tok3 (one check at a time).
+    tokens[0] = 'tok2';
+    tokens[1] = 'tok3';
+    expect(await first.renewToken()).toBe(true);
+    await vi.waitFor(() => expect(real.frames('auth')).toHaveLength(2));
+    expect(await second.renewToken()).toBe(true);
+    await vi.waitFor(() => expect(real.frames('auth')).toHaveLength(3));
+    // The hello answering tok2. Before, the leader took it for tok3's (the latest renewal forwarded): a tab
+    // bringing tok3 was handed the hello, and its subscribe went out on tok2's credential, tok3 unchecked.
+    real.push(hello);
+    const early = clientIn(browser.tab(), server, { token: 'tok3' });
+    early.watch('t2');
+    const own = await acceptReal(server, 2);
+    expect(own.frames('auth')).toEqual([expect.objectContaining({ token: 'tok3' })]);
+    await vi.waitFor(() =>
+      expect(own.frames('subscribe')).toEqual([expect.objectContaining({ taskId: 't2' })]),
+    );
+    // tok2 is in force: a tab bringing it shares the socket.
+    const renewed = clientIn(browser.tab(), server, { token: 'tok2' });
+    renewed.watch('t3');
+    await vi.waitFor(() => expect(real.frames('subscribe').map((frame) => frame.taskId)).toContain('t3'));
+    // The hello answering tok3: now a tab bringing it shares the socket.
+    real.push(hello);
+    const late = clientIn(browser.tab(), server, { token: 'tok3' });
+    late.watch('t4');
+    await vi.waitFor(() => expect(real.frames('subscribe').map((frame) => frame.taskId)).toContain('t4'));
+    expect(real.frames('subscribe').map((frame) => frame.taskId)).not.toContain('t2');
+    expect(server.sockets).toHaveLength(2);
+    await Promise.all([first, second, early, renewed, late].map((client) => client.close()));
   });
 
   it('a tab behind a leader whose server selected version 1 speaks version 1', async () => {

@@ -87,7 +87,7 @@ export interface TabSharing {
  * ```
  *
  * @throws ProgressError `invalid_input` where `BroadcastChannel` or `navigator.locks` is missing and none
- *   is given.
+ *   is given, or `channel` is not a function (a `BroadcastChannel` itself, say).
  */
 export function tabSharing(options: TabSharingOptions = {}): TabSharing {
   const scope = globalThis as unknown as {
@@ -97,8 +97,13 @@ export function tabSharing(options: TabSharingOptions = {}): TabSharing {
   const Channel = scope.BroadcastChannel;
   const channel = options.channel ?? (Channel && ((name: string) => new Channel(name)));
   const locks = options.locks ?? scope.navigator?.locks;
-  if (channel === undefined || locks === undefined) {
-    throw new ProgressError(ErrorCode.InvalidInput, 'tabSharing: no BroadcastChannel or navigator.locks');
+  // Checked here, not when a socket first needs it: a BroadcastChannel given where its factory is asked for
+  // made every socket the client opened throw a TypeError, and the client retried for ever.
+  if (typeof channel !== 'function' || !locks) {
+    throw new ProgressError(
+      ErrorCode.InvalidInput,
+      'tabSharing: no BroadcastChannel factory or navigator.locks',
+    );
   }
   const env: HubEnv = { prefix: options.namePrefix ?? 'finishline:', channel, locks };
   const hubs = new Map<string, TabHub>();
@@ -214,7 +219,7 @@ class VirtualSocket implements WebSocketLike {
   }
 
   send(data: string): void {
-    if (this.readyState !== State.OPEN) throw new Error('WebSocket is not open');
+    if (this.readyState !== State.OPEN) throw new Error('not open');
     this.#hub.post({ t: 'send', id: this.id, data, seen: this.seen });
   }
 
@@ -303,8 +308,14 @@ class TabHub {
    * its `hello`); `undefined` until the real socket sent one.
    */
   #token: unknown;
-  /** The token of the latest renewal sent, in force once a `hello` answers it. */
-  #renewal: unknown;
+  /**
+   * The tokens of the renewals sent and not answered yet, as the server holds them: the one it checks, then
+   * the newest sent after it (it checks one at a time, and a renewal waiting is replaced by a newer one, never
+   * answered). The next `hello` puts the first in force, a `timeout` drops it. One slot (the latest sent),
+   * two renewals in flight had the first one's `hello` put the second's token in force, unchecked: a tab
+   * bringing it was served on the first's credential.
+   */
+  #renewals!: unknown[];
   /**
    * The virtual sockets it serves: filled only while the tab leads (see `#onConnect`), emptied when it
    * stops (`leave`), so a tab that does not lead finds none of the ids a `send` or `bye` names.
@@ -555,7 +566,8 @@ class TabHub {
     const peer = this.#peers.get(id) as Peer;
     if (!peer.opened) {
       peer.opened = true;
-      this.post({ t: 'open', id, protocol: (this.#real as WebSocketLike).protocol ?? '' });
+      // A real socket that has no `protocol` hands none on: the client takes an absent one as `''` (newest).
+      this.post({ t: 'open', id, protocol: (this.#real as WebSocketLike).protocol as string });
     }
     if (this.#token !== undefined && !peer.authed) {
       // A socket that sends no `auth` (its id says so) behind one that sent a token is never handed the
@@ -577,7 +589,7 @@ class TabHub {
     const real = this.#real;
     if (!peer?.opened || real?.readyState !== State.OPEN) return;
     const frame = parse(data);
-    if (frame === undefined) return;
+    if (!frame) return;
     const taskId = typeof frame.taskId === 'string' ? frame.taskId : '';
     switch (frame.type) {
       case 'auth':
@@ -597,7 +609,7 @@ class TabHub {
         // A renewal's credential is not in force until the server accepts it: checked, it may be another
         // principal's (refused, 4001), or its check may not answer in time (`timeout`: the socket keeps its
         // credential). Taken at once, a tab bringing that token was served on the credential still in force.
-        if (this.#hello) this.#renewal = frame.token;
+        if (this.#hello) this.#renewals.splice(1, 1, frame.token);
         else this.#token = frame.token;
         break;
       case 'subscribe':
@@ -678,11 +690,12 @@ class TabHub {
     try {
       real = new this.#WebSocket(this.url, [PROTOCOL_NAME, PROTOCOL_NAME_V1]);
     } catch {
-      this.#failReal(1006, 'could not create a WebSocket');
+      this.#failReal(1006, 'could not create a socket');
       return;
     }
     this.#real = real;
     this.#hello = this.#authBy = this.#token = undefined;
+    this.#renewals = [];
     this.#acked.clear();
     // At the open, and again at the hello (see `#openPeer`).
     const openPeers = (): void => {
@@ -691,18 +704,15 @@ class TabHub {
     real.onopen = openPeers;
     real.onmessage = (event: { data: unknown }) => {
       const data = String(event.data);
-      // Parsed until the hello (the first frame, from a server that works; never empty), then only what
-      // names a code that ends a watch (the client's FATAL_TASK_ERRORS; quoted, a code matches only when
-      // it is one of the two) or refuses one tab's subscribe (`rate_limited`) or credential, or may be a
-      // reset snapshot (a `"reset"` key).
-      const frame =
-        !this.#hello ||
-        /"(task_not_found|forbidden|rate_limited|reset|unauthenticated|token_expired|hello)"/.test(data)
-          ? parse(data)
-          : undefined;
+      // Parsed only when it may be an `error` frame (every one names its type: quoted, a word matches only
+      // as a whole string), a hello (the first frame, from a server that works, and a renewal's answer), or
+      // a reset snapshot (a `"reset"` key): not every event. (Until 8 December 2026 the error codes acted on
+      // were listed instead, and the first frame parsed whatever it was: bytes of the /tabs budget; an event
+      // whose text quotes one of these words is parsed for nothing, as it was.)
+      const frame = /"(error|reset|hello)"/.test(data) ? parse(data) : undefined;
       if (frame?.type === 'hello') {
         // A later hello answers a renewal (relayed: a client already open ignores it).
-        if (this.#hello) this.#token = this.#renewal;
+        if (this.#hello) this.#token = this.#renewals.shift();
         else {
           this.#hello = frame;
           return openPeers();
@@ -718,6 +728,8 @@ class TabHub {
       let to: string | undefined;
       if (frame?.type === 'error') {
         const code = frame.code;
+        // A renewal's check given up on (no task: a subscribe's names one): the socket keeps its credential.
+        if (code === 'timeout' && !frame.taskId) this.#renewals.shift();
         const refused = code === 'task_not_found' || code === 'forbidden';
         // A refused subscribe was one tab's (the refusal echoes its id): a rate limit's too (the only one
         // naming a task), and the task's subscription, if the socket has one, goes on: only that tab
@@ -725,9 +737,9 @@ class TabHub {
         // more from a socket already over its budget. The refusal of the credential the latest `auth` sent
         // (a renewal's, or the socket's first) goes to that tab, as the close after it (see `#failReal`);
         // any other error to all. A `requestId` that is not a string matches no socket: the client would
-        // have dropped such a frame.
+        // have dropped such a frame. (A task id is never empty: `frame.taskId` alone tells whether there is one.)
         to =
-          refused || (code === 'rate_limited' && frame.taskId !== undefined)
+          refused || (code === 'rate_limited' && frame.taskId)
             ? (frame.requestId as string | undefined)
             : this.#credential(code);
         if (refused) {
@@ -773,7 +785,8 @@ class TabHub {
    * 4011 before a `hello`, or any 4001, ends a client for good).
    */
   #credential(code: unknown): string | undefined {
-    return /^(4001|4011|unauthenticated|token_expired)$/.test(String(code)) ? this.#authBy : undefined;
+    // `test` reads its argument as a string, a close code's number too.
+    return /^(4001|4011|unauthenticated|token_expired)$/.test(code as string) ? this.#authBy : undefined;
   }
 
   #closeReal(code: number, reason: string): void {
@@ -804,10 +817,10 @@ interface Frame {
   task?: { id?: unknown } | null;
 }
 
-/** The frame `data` holds; `undefined` for what is not JSON, or `null`. */
-function parse(data: string): Frame | undefined {
+/** The frame `data` holds; `undefined` for what is not JSON (JSON's `null` and scalars come as they are). */
+function parse(data: string): Frame | null | undefined {
   try {
-    return JSON.parse(data) ?? undefined;
+    return JSON.parse(data);
   } catch {
     return undefined;
   }
