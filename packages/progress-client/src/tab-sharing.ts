@@ -706,7 +706,7 @@ class TabHub {
       const data = String(event.data);
       // Parsed only when it may be an `error` frame (every one names its type: quoted, a word matches only
       // as a whole string), a hello (the first frame, from a server that works, and a renewal's answer), or
-      // a reset snapshot (a `"reset"` key): not every event. (Until 8 December 2026 the error codes acted on
+      // a reset snapshot (a `"reset"` key): not every event. (Until 7 December 2026 the error codes acted on
       // were listed instead, and the first frame parsed whatever it was: bytes of the /tabs budget; an event
       // whose text quotes one of these words is parsed for nothing, as it was.)
       const frame = /"(error|reset|hello)"/.test(data) ? parse(data) : undefined;
