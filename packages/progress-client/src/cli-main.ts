@@ -280,8 +280,7 @@ function parse(argv: readonly string[], env: CliIo['env']) {
   if (values.help === true) return 'help' as const;
   if (values.version === true) return 'version' as const;
   const [command, url, taskId, ...rest] = positionals;
-  if (command !== 'watch')
-    throw new Error(`unknown command ${command === undefined ? '(none)' : `"${command}"`}`);
+  if (command !== 'watch') throw new Error(unknownCommand(command));
   if (url === undefined || taskId === undefined) throw new Error('watch needs <url> and <taskId>');
   // Counted, not echoed: the usual cause is a --header whose value was not quoted, which leaves the
   // credential in it (`--header cookie: sid=…`) as an extra argument, and stderr ends up in CI logs.
@@ -330,6 +329,19 @@ function parse(argv: readonly string[], env: CliIo['env']) {
     intervalMs: number('interval-ms', values['interval-ms']) ?? 1000,
     json: values.json === true,
   };
+}
+
+/**
+ * The message for a first argument that is not `watch`. Quoted only when it is a misspelt `watch` (a word of
+ * letters near it): the usual other cause is a command line without `watch` (`finishline ws://…?token=… t1`)
+ * or a `--header cookie: sid=…` left unquoted before it, and the argument, quoted whole, put the URL's token
+ * or the cookie into stderr, which ends up in CI logs.
+ */
+function unknownCommand(command: string | undefined): string {
+  if (command === undefined) return 'unknown command (none): the first argument must be watch';
+  if (/^[a-z]{1,12}$/i.test(command) && nearestName(command, ['watch']) === 'watch')
+    return `unknown command "${command}" (did you mean watch?)`;
+  return 'unknown command (not shown: it may be a URL or a credential): the first argument must be watch';
 }
 
 /**

@@ -814,6 +814,27 @@ describe('finishline watch credentials', () => {
     expect(run.err.join('') + run.out.join('')).not.toContain('s3cret');
   });
 
+  // Review of 7 December 2026: a first argument other than `watch` was quoted whole ("unknown command
+  // \"ws://…?token=…\""): a command line without `watch`, or an unquoted `--header cookie: sid=…` before it,
+  // put the URL's token or the cookie into stderr, and so into the CI log.
+  it('does not echo a first argument that is not watch (a URL with its token, a cookie), but names a misspelt watch', async () => {
+    for (const argv of [
+      ['ws://127.0.0.1:1/progress?token=s3cret-token', 't1'],
+      ['--header', 'cookie:', 'sid=s3cret-cookie', 'watch', 'ws://127.0.0.1:1/progress', 't1'],
+      ['wss://watch.example.com/progress?access_token=s3cret', 't1'],
+    ]) {
+      const run = io();
+      expect(await runCli(argv, run.io)).toBe(CLI_EXIT_CODES.usage);
+      expect(run.err.join('')).toContain(
+        'finishline: unknown command (not shown: it may be a URL or a credential)',
+      );
+      expect(run.err.join('') + run.out.join('')).not.toContain('s3cret');
+    }
+    const typo = io();
+    expect(await runCli(['wacth', 'ws://127.0.0.1:1/progress', 't1'], typo.io)).toBe(CLI_EXIT_CODES.usage);
+    expect(typo.err.join('')).toContain('finishline: unknown command "wacth" (did you mean watch?)');
+  });
+
   // Review of 6 December 2026: `--header "cookie: $SID"` with SID unset sent an empty cookie; the server
   // waited for a credential and closed with 4004 (exit 4), and the hint naming --token and --header was left
   // out, since a header had been given. An empty --token was a bad command line already.
