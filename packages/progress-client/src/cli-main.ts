@@ -296,6 +296,11 @@ function parse(argv: readonly string[], env: CliIo['env']) {
     throw new Error(
       '<url> must start with ws://, wss://, http:// or https:// (ws://localhost:3000/progress)',
     );
+  // A #fragment (pasted from a browser's address bar, or `#` in an unquoted token) makes the WebSocket
+  // constructor throw, `ws` and Node's built-in alike: the client reported "Could not create a WebSocket"
+  // and retried it for ever (or until --timeout-ms), so that `finishline watch … && next` never went on.
+  // Not echoed either.
+  if (url.includes('#')) throw new Error('<url> must not have a #fragment: a WebSocket URL cannot carry one');
   assertTaskId(taskId); // an invalid id is a bad command line (64), not a crash of the bin
   // `--token "$TOKEN"` with TOKEN unset: the client takes an empty token for one not there yet and retries
   // ("The token provider failed") for ever.

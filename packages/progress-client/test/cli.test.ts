@@ -855,6 +855,29 @@ describe('finishline watch credentials', () => {
       expect(err).not.toContain('s3cret');
     }
   });
+
+  // Review of 7 December 2026: a URL with a #fragment made the WebSocket constructor throw (both `ws` and
+  // Node's built-in refuse one): "Could not create a WebSocket", retried for ever instead of exit 64.
+  it('exits 64 on a URL with a #fragment, which no WebSocket can be created for, instead of retrying for ever', async () => {
+    const builtIn = (globalThis as { WebSocket?: WebSocketConstructorLike }).WebSocket;
+    for (const Socket of [WebSocket as unknown as WebSocketConstructorLike, builtIn]) {
+      if (Socket === undefined) continue;
+      for (const url of ['ws://127.0.0.1:1/progress#s3cret', 'http://127.0.0.1:1/progress#']) {
+        const run = io();
+        const stop = new AbortController();
+        const exit = runCli(['watch', url, 't1'], { ...run.io, WebSocket: Socket, signal: stop.signal });
+        const result = await Promise.race([
+          exit,
+          new Promise((resolve) => setTimeout(() => resolve('still running'), 200)),
+        ]);
+        stop.abort();
+        await exit;
+        expect(result).toBe(CLI_EXIT_CODES.usage);
+        expect(run.err.join('')).toContain('finishline: <url> must not have a #fragment');
+        expect(run.err.join('')).not.toContain('s3cret');
+      }
+    }
+  });
 });
 
 describe('finishline watch on a terminal', () => {
