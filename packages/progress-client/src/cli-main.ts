@@ -384,10 +384,15 @@ function header(text: string, source: '--header' | 'FINISHLINE_HEADERS'): [name:
   const value = text.slice(colon + 1).trim();
   // What the upgrade request would refuse: the socket could not be created, and the client retried
   // that for ever ("Could not create a WebSocket" until --timeout-ms, or Ctrl-C) instead of exit 64.
+  // Nor is an invalid name echoed: it is everything before the first colon, and a name is invalid mostly when
+  // that colon was not the one after it (`--header "x-api-key id:secret"`, `"cookie sid=s:abc"`): it held
+  // the credential's first part.
   try {
     validateHeaderName(name);
   } catch {
-    throw new Error(`${source}: "${name}" is not a valid header name`);
+    throw new Error(
+      `${source}: what comes before the first ":" is not a valid header name (not shown: it may hold a credential; a colon left out after the name?)`,
+    );
   }
   try {
     validateHeaderValue(name, value);
