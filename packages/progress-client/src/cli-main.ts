@@ -280,8 +280,7 @@ function parse(argv: readonly string[], env: CliIo['env']) {
   if (values.help === true) return 'help' as const;
   if (values.version === true) return 'version' as const;
   const [command, url, taskId, ...rest] = positionals;
-  if (command !== 'watch')
-    throw new Error(`unknown command ${command === undefined ? '(none)' : `"${command}"`}`);
+  if (command !== 'watch') throw new Error(unknownCommand(command));
   if (url === undefined || taskId === undefined) throw new Error('watch needs <url> and <taskId>');
   // Counted, not echoed: the usual cause is a --header whose value was not quoted, which leaves the
   // credential in it (`--header cookie: sid=…`) as an extra argument, and stderr ends up in CI logs.
@@ -297,6 +296,11 @@ function parse(argv: readonly string[], env: CliIo['env']) {
     throw new Error(
       '<url> must start with ws://, wss://, http:// or https:// (ws://localhost:3000/progress)',
     );
+  // A #fragment (pasted from a browser's address bar, or `#` in an unquoted token) makes the WebSocket
+  // constructor throw, `ws` and Node's built-in alike: the client reported "Could not create a WebSocket"
+  // and retried it for ever (or until --timeout-ms), so that `finishline watch … && next` never went on.
+  // Not echoed either.
+  if (url.includes('#')) throw new Error('<url> must not have a #fragment: a WebSocket URL cannot carry one');
   assertTaskId(taskId); // an invalid id is a bad command line (64), not a crash of the bin
   // `--token "$TOKEN"` with TOKEN unset: the client takes an empty token for one not there yet and retries
   // ("The token provider failed") for ever.
@@ -330,6 +334,19 @@ function parse(argv: readonly string[], env: CliIo['env']) {
     intervalMs: number('interval-ms', values['interval-ms']) ?? 1000,
     json: values.json === true,
   };
+}
+
+/**
+ * The message for a first argument that is not `watch`. Quoted only when it is a misspelt `watch` (a word of
+ * letters near it): the usual other cause is a command line without `watch` (`finishline ws://…?token=… t1`)
+ * or a `--header cookie: sid=…` left unquoted before it, and the argument, quoted whole, put the URL's token
+ * or the cookie into stderr, which ends up in CI logs.
+ */
+function unknownCommand(command: string | undefined): string {
+  if (command === undefined) return 'unknown command (none): the first argument must be watch';
+  if (/^[a-z]{1,12}$/i.test(command) && nearestName(command, ['watch']) === 'watch')
+    return `unknown command "${command}" (did you mean watch?)`;
+  return 'unknown command (not shown: it may be a URL or a credential): the first argument must be watch';
 }
 
 /**
@@ -367,10 +384,15 @@ function header(text: string, source: '--header' | 'FINISHLINE_HEADERS'): [name:
   const value = text.slice(colon + 1).trim();
   // What the upgrade request would refuse: the socket could not be created, and the client retried
   // that for ever ("Could not create a WebSocket" until --timeout-ms, or Ctrl-C) instead of exit 64.
+  // Nor is an invalid name echoed: it is everything before the first colon, and a name is invalid mostly when
+  // that colon was not the one after it (`--header "x-api-key id:secret"`, `"cookie sid=s:abc"`): it held
+  // the credential's first part.
   try {
     validateHeaderName(name);
   } catch {
-    throw new Error(`${source}: "${name}" is not a valid header name`);
+    throw new Error(
+      `${source}: what comes before the first ":" is not a valid header name (not shown: it may hold a credential; a colon left out after the name?)`,
+    );
   }
   try {
     validateHeaderValue(name, value);

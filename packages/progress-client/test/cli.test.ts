@@ -814,6 +814,27 @@ describe('finishline watch credentials', () => {
     expect(run.err.join('') + run.out.join('')).not.toContain('s3cret');
   });
 
+  // Review of 7 December 2026: a first argument other than `watch` was quoted whole ("unknown command
+  // \"ws://…?token=…\""): a command line without `watch`, or an unquoted `--header cookie: sid=…` before it,
+  // put the URL's token or the cookie into stderr, and so into the CI log.
+  it('does not echo a first argument that is not watch (a URL with its token, a cookie), but names a misspelt watch', async () => {
+    for (const argv of [
+      ['ws://127.0.0.1:1/progress?token=s3cret-token', 't1'],
+      ['--header', 'cookie:', 'sid=s3cret-cookie', 'watch', 'ws://127.0.0.1:1/progress', 't1'],
+      ['wss://watch.example.com/progress?access_token=s3cret', 't1'],
+    ]) {
+      const run = io();
+      expect(await runCli(argv, run.io)).toBe(CLI_EXIT_CODES.usage);
+      expect(run.err.join('')).toContain(
+        'finishline: unknown command (not shown: it may be a URL or a credential)',
+      );
+      expect(run.err.join('') + run.out.join('')).not.toContain('s3cret');
+    }
+    const typo = io();
+    expect(await runCli(['wacth', 'ws://127.0.0.1:1/progress', 't1'], typo.io)).toBe(CLI_EXIT_CODES.usage);
+    expect(typo.err.join('')).toContain('finishline: unknown command "wacth" (did you mean watch?)');
+  });
+
   // Review of 6 December 2026: `--header "cookie: $SID"` with SID unset sent an empty cookie; the server
   // waited for a credential and closed with 4004 (exit 4), and the hint naming --token and --header was left
   // out, since a header had been given. An empty --token was a bad command line already.
@@ -827,11 +848,42 @@ describe('finishline watch credentials', () => {
 
   it('exits 64 on a --header the upgrade request cannot carry, instead of retrying the socket it cannot create for ever', async () => {
     // ws cannot create a socket whose upgrade request would carry them (node:http refuses it).
-    for (const header of ['x-trace id: 1', 'x-trace: 1\r\nx-admin: s3cret', 'x-trace: caf\u20ac']) {
+    // (An invalid name is not echoed either: with the colon after the name left out, it holds the first part
+    // of a credential that has one, `x-api-key id:secret`. Echoed until 7 December 2026.)
+    for (const header of [
+      'x-trace id: 1',
+      'x-trace: 1\r\nx-admin: s3cret',
+      'x-trace: caf\u20ac',
+      'x-api-key s3cret-id:s3cret-key',
+      'cookie sid=s3cret:sig',
+    ]) {
       const { result, err } = await watchWithin200Ms('--header', header);
       expect(result).toBe(CLI_EXIT_CODES.usage);
       expect(err).toMatch(/^finishline: --header: /);
       expect(err).not.toContain('s3cret');
+    }
+  });
+
+  // Review of 7 December 2026: a URL with a #fragment made the WebSocket constructor throw (both `ws` and
+  // Node's built-in refuse one): "Could not create a WebSocket", retried for ever instead of exit 64.
+  it('exits 64 on a URL with a #fragment, which no WebSocket can be created for, instead of retrying for ever', async () => {
+    const builtIn = (globalThis as { WebSocket?: WebSocketConstructorLike }).WebSocket;
+    for (const Socket of [WebSocket as unknown as WebSocketConstructorLike, builtIn]) {
+      if (Socket === undefined) continue;
+      for (const url of ['ws://127.0.0.1:1/progress#s3cret', 'http://127.0.0.1:1/progress#']) {
+        const run = io();
+        const stop = new AbortController();
+        const exit = runCli(['watch', url, 't1'], { ...run.io, WebSocket: Socket, signal: stop.signal });
+        const result = await Promise.race([
+          exit,
+          new Promise((resolve) => setTimeout(() => resolve('still running'), 200)),
+        ]);
+        stop.abort();
+        await exit;
+        expect(result).toBe(CLI_EXIT_CODES.usage);
+        expect(run.err.join('')).toContain('finishline: <url> must not have a #fragment');
+        expect(run.err.join('')).not.toContain('s3cret');
+      }
     }
   });
 });
