@@ -2107,3 +2107,39 @@ describe('the SSE fallback transport when a watch of the id is made again before
     await client.close();
   });
 });
+
+describe('the SSE fallback transport against a stream that never ends a block', () => {
+  it('keeps no more than a frame’s worth of an unended block: a stream of garbage without a blank line is dropped, reported, and reopened with backoff', async () => {
+    // A broken proxy (or a server gone wrong) streaming bytes without ever ending a block: each chunk counted
+    // as life, and the unended block was kept whole, growing the page's memory for as long as it streamed.
+    const { client, scheduler, sse } = sseSetup({ preferFallback: true });
+    const task = new FakeTask('t1', 2);
+    const watch = client.watch('t1');
+    const log = record(watch);
+    const errors: unknown[] = [];
+    watch.on('error', (error) => errors.push(error));
+    await flush();
+    const first = sse.streams[0] as SseRequest;
+    first.write(OPENING);
+    first.send({ type: 'snapshot', task: task.view() }, 0);
+    await flush();
+    const garbage = `data: ${'x'.repeat(65_535)}\n`;
+    for (let i = 0; i < 8 && !first.aborted(); i++) {
+      first.write(garbage);
+      await flush();
+    }
+    expect(first.aborted()).toBe(true);
+    expect(errors[0]).toMatchObject({ code: 'frame_too_large' });
+    // Reopened from the cursor after a step of backoff, as for a frame it rejects (not at once, for ever).
+    await scheduler.advance(499);
+    expect(sse.streams).toHaveLength(1);
+    await scheduler.advance(1);
+    const second = sse.streams[1] as SseRequest;
+    expect(second.headers['last-event-id']).toBeUndefined(); // (the cursor's seq, 0: none)
+    second.send({ type: 'event', event: task.item('a') }, 1);
+    second.send({ type: 'event', event: task.end() }, 2);
+    expect((await watch.done).status).toBe('completed');
+    expect(log).toEqual(['snapshot@0', 'error:frame_too_large', 'item@1', 'completed@2', 'finished@2']);
+    await client.close();
+  });
+});

@@ -207,7 +207,6 @@ function sseWire(host: FallbackHost, fetchImpl: StreamingFetch | undefined): Fal
           const { done, value } = await reader.read();
           if (done) break;
           delivered = true;
-          heard();
           buffer += decoder.decode(value, { stream: true });
           // The complete blocks, each ended by a blank line; the last part waits for the rest of its block.
           // Lines end with CRLF, LF or CR (the SSE spec): a proxy may rewrite the server's LFs, and a stream
@@ -216,15 +215,17 @@ function sseWire(host: FallbackHost, fetchImpl: StreamingFetch | undefined): Fal
           // stream's block is not held until more comes); when it was half of a CRLF split across two chunks,
           // its LF opens the next part as an empty line, which ends no block (no other line end follows it).
           const blocks = buffer.split(/(?:\r\n|\n|\r(?!\n)){2}/);
-          buffer = blocks.pop() as string;
+          // A block still unended past 300,000 UTF-16 units, more than any frame's block holds (its data at
+          // most `maxFrameBytes`, 128 KiB), is read as it stands rather than kept: its data is refused as
+          // `frame_too_large` and the stream starts over (below), and what is no frame is let go of. A
+          // broken proxy streaming bytes without a blank line grew the page's memory for as long as it
+          // streamed (each chunk counted as life): until 7 December 2026 nothing bounded it.
+          buffer = (blocks.at(-1) as string)[3e5] ? '' : (blocks.pop() as string);
           for (const block of blocks) {
-            const stated = HEARTBEAT_INTERVAL.exec(block);
-            if (stated) {
-              // At most 5 minutes of it, as the socket takes of its hello: a misconfigured or broken
-              // server's week of interval left a dead stream, and its watch, hanging for two.
-              intervalMs = Math.min(+(stated[1] as string), 3e5);
-              heard();
-            }
+            // The interval a stream states, at most 5 minutes of it, as the socket takes of its hello: a
+            // misconfigured or broken server's week of interval left a dead stream, and its watch, hanging
+            // for two.
+            intervalMs = Math.min(+(HEARTBEAT_INTERVAL.exec(block)?.[1] ?? intervalMs), 3e5);
             // Only `data:` lines matter: `id:` repeats the frame's seq (and the epoch, which snapshots carry
             // and the watch keeps), comments are heartbeats.
             // (`[^\r\n]`, not `.`: a frame's JSON may hold U+2028 and U+2029 raw, which `.` does not match.)
@@ -246,6 +247,8 @@ function sseWire(host: FallbackHost, fetchImpl: StreamingFetch | undefined): Fal
               }
             }
           }
+          // Heard from (after its blocks are read: with the interval the stream states in its first).
+          heard();
         }
       };
       void follow(task.epoch)
