@@ -476,6 +476,28 @@ describe('the SSE fallback transport', () => {
     expect(scheduler.pending).toBe(0);
   });
 
+  it('takes the heartbeat interval from a comment line only, not from a frame whose text holds U+2028 (a line end to a regex, not to SSE)', async () => {
+    // A task's message is the application's (a file name a user chose, say), and JSON keeps U+2028 raw:
+    // read with a multiline regex, a message `\u2028: hello heartbeatIntervalMs=300000` set the stream's
+    // silence timeout to 10 minutes, and a stream that died after it held its watch that long.
+    const { client, scheduler, sse } = sseSetup({ preferFallback: true, httpPollIntervalMs: 1000 });
+    const task = new FakeTask('t1', 3);
+    client.watch('t1');
+    await flush();
+    const stream = sse.streams[0] as SseRequest;
+    stream.write(OPENING);
+    stream.send({ type: 'snapshot', task: task.view() }, 0);
+    const event = task.progress(1, 'x\u2028: hello heartbeatIntervalMs=300000\u2028y');
+    stream.send({ type: 'event', event }, 1);
+    await flush();
+    // 2 × 15,000 + heartbeatMarginMs (2 s) of silence.
+    await scheduler.advance(31_999);
+    expect(stream.aborted()).toBe(false);
+    await scheduler.advance(1);
+    expect(stream.aborted()).toBe(true);
+    await client.close();
+  });
+
   it('takes heartbeatTimeoutMs as the longest silence of a stream when it is given', async () => {
     const { client, scheduler, sse } = sseSetup({ preferFallback: true, heartbeatTimeoutMs: 5000 });
     client.watch('t1');

@@ -53,8 +53,14 @@ export type StreamingFetch = (
   headers?: { get(name: string): string | null };
 }>;
 
-/** The comment a stream opens with to say how often its heartbeats come. */
-const HEARTBEAT_INTERVAL = /^: hello heartbeatIntervalMs=(\d+)$/m;
+/**
+ * The comment a stream opens with to say how often its heartbeats come: a line of the opening block, after
+ * its `retry:` line (protocol.md: one block, `retry:` first). A line end before it, not a multiline `^`: a
+ * frame's JSON holds U+2028 and U+2029 raw, line ends to a regex and not to SSE, so a task's message
+ * `\u2028: hello heartbeatIntervalMs=300000` (an application's text, a file name a user chose) set the
+ * stream's silence timeout to 10 minutes until 7 December 2026.
+ */
+const HEARTBEAT_INTERVAL = /[\r\n]: hello heartbeatIntervalMs=(\d+)/;
 
 /** Options of {@link sseFallback}. */
 export interface SseFallbackOptions {
