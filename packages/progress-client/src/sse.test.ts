@@ -2131,6 +2131,33 @@ describe('the SSE fallback transport when a watch of the id is made again before
 });
 
 describe('the SSE fallback transport against a stream that never ends a block', () => {
+  it('takes bytes that end no block for silence: a stream of them is dropped at the silence timeout and reopened from the cursor', async () => {
+    // A broken proxy trickling bytes without a blank line, its upstream gone: every chunk counted as life
+    // (no frame, no heartbeat ever came), and the watch waited on it for as long as the proxy went on.
+    const { client, scheduler, sse } = sseSetup({ preferFallback: true });
+    const task = new FakeTask('t1', 2);
+    const watch = client.watch('t1');
+    await flush();
+    const first = sse.streams[0] as SseRequest;
+    first.write(OPENING);
+    first.send({ type: 'snapshot', task: task.view() }, 0);
+    await flush();
+    // 2 × 15,000 + heartbeatMarginMs (2 s) of silence, however many bytes came meanwhile.
+    for (let ms = 0; ms < 31_000; ms += 1000) {
+      first.write(': proxy\n');
+      await scheduler.advance(1000);
+    }
+    expect(first.aborted()).toBe(false);
+    await scheduler.advance(1000);
+    expect(first.aborted()).toBe(true);
+    await scheduler.advance(1000);
+    const second = sse.streams[1] as SseRequest;
+    second.send({ type: 'event', event: task.item('a') }, 1);
+    second.send({ type: 'event', event: task.end() }, 2);
+    expect((await watch.done).status).toBe('completed');
+    await client.close();
+  });
+
   it('keeps no more than a frame’s worth of an unended block: a stream of garbage without a blank line is dropped, reported, and reopened with backoff', async () => {
     // A broken proxy (or a server gone wrong) streaming bytes without ever ending a block: each chunk counted
     // as life, and the unended block was kept whole, growing the page's memory for as long as it streamed.

@@ -232,6 +232,10 @@ function sseWire(host: FallbackHost, fetchImpl: StreamingFetch | undefined): Fal
             // misconfigured or broken server's week of interval left a dead stream, and its watch, hanging
             // for two.
             intervalMs = Math.min(+(HEARTBEAT_INTERVAL.exec(block)?.[1] ?? intervalMs), 3e5);
+            // Heard from: a block ended (with the interval it states, in the first). Not bytes that end none:
+            // a proxy trickling them without a blank line, its upstream gone, held the watch for as long as it
+            // went on (until 7 December 2026). A frame is one block, as on the socket one message.
+            heard();
             // Only `data:` lines matter: `id:` repeats the frame's seq (and the epoch, which snapshots carry
             // and the watch keeps), comments are heartbeats.
             // (`[^\r\n]`, not `.`: a frame's JSON may hold U+2028 and U+2029 raw, which `.` does not match.)
@@ -253,8 +257,6 @@ function sseWire(host: FallbackHost, fetchImpl: StreamingFetch | undefined): Fal
               }
             }
           }
-          // Heard from (after its blocks are read: with the interval the stream states in its first).
-          heard();
         }
       };
       void follow(task.epoch)
