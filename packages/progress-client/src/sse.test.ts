@@ -476,6 +476,28 @@ describe('the SSE fallback transport', () => {
     expect(scheduler.pending).toBe(0);
   });
 
+  it('takes the heartbeat interval from a comment line only, not from a frame whose text holds U+2028 (a line end to a regex, not to SSE)', async () => {
+    // A task's message is the application's (a file name a user chose, say), and JSON keeps U+2028 raw:
+    // read with a multiline regex, a message `\u2028: hello heartbeatIntervalMs=300000` set the stream's
+    // silence timeout to 10 minutes, and a stream that died after it held its watch that long.
+    const { client, scheduler, sse } = sseSetup({ preferFallback: true, httpPollIntervalMs: 1000 });
+    const task = new FakeTask('t1', 3);
+    client.watch('t1');
+    await flush();
+    const stream = sse.streams[0] as SseRequest;
+    stream.write(OPENING);
+    stream.send({ type: 'snapshot', task: task.view() }, 0);
+    const event = task.progress(1, 'x\u2028: hello heartbeatIntervalMs=300000\u2028y');
+    stream.send({ type: 'event', event }, 1);
+    await flush();
+    // 2 × 15,000 + heartbeatMarginMs (2 s) of silence.
+    await scheduler.advance(31_999);
+    expect(stream.aborted()).toBe(false);
+    await scheduler.advance(1);
+    expect(stream.aborted()).toBe(true);
+    await client.close();
+  });
+
   it('takes heartbeatTimeoutMs as the longest silence of a stream when it is given', async () => {
     const { client, scheduler, sse } = sseSetup({ preferFallback: true, heartbeatTimeoutMs: 5000 });
     client.watch('t1');
@@ -2104,6 +2126,69 @@ describe('the SSE fallback transport when a watch of the id is made again before
     // Each subscription's end acknowledged: the old one's as its stream was stopped.
     expect(old.live()).toBe(false);
     expect(sse.acks.map((ack) => JSON.parse(ack.body ?? ''))).toEqual([{ seq: 2 }, { seq: 2 }]);
+    await client.close();
+  });
+});
+
+describe('the SSE fallback transport against a stream that never ends a block', () => {
+  it('takes bytes that end no block for silence: a stream of them is dropped at the silence timeout and reopened from the cursor', async () => {
+    // A broken proxy trickling bytes without a blank line, its upstream gone: every chunk counted as life
+    // (no frame, no heartbeat ever came), and the watch waited on it for as long as the proxy went on.
+    const { client, scheduler, sse } = sseSetup({ preferFallback: true });
+    const task = new FakeTask('t1', 2);
+    const watch = client.watch('t1');
+    await flush();
+    const first = sse.streams[0] as SseRequest;
+    first.write(OPENING);
+    first.send({ type: 'snapshot', task: task.view() }, 0);
+    await flush();
+    // 2 × 15,000 + heartbeatMarginMs (2 s) of silence, however many bytes came meanwhile.
+    for (let ms = 0; ms < 31_000; ms += 1000) {
+      first.write(': proxy\n');
+      await scheduler.advance(1000);
+    }
+    expect(first.aborted()).toBe(false);
+    await scheduler.advance(1000);
+    expect(first.aborted()).toBe(true);
+    await scheduler.advance(1000);
+    const second = sse.streams[1] as SseRequest;
+    second.send({ type: 'event', event: task.item('a') }, 1);
+    second.send({ type: 'event', event: task.end() }, 2);
+    expect((await watch.done).status).toBe('completed');
+    await client.close();
+  });
+
+  it('keeps no more than a frame’s worth of an unended block: a stream of garbage without a blank line is dropped, reported, and reopened with backoff', async () => {
+    // A broken proxy (or a server gone wrong) streaming bytes without ever ending a block: each chunk counted
+    // as life, and the unended block was kept whole, growing the page's memory for as long as it streamed.
+    const { client, scheduler, sse } = sseSetup({ preferFallback: true });
+    const task = new FakeTask('t1', 2);
+    const watch = client.watch('t1');
+    const log = record(watch);
+    const errors: unknown[] = [];
+    watch.on('error', (error) => errors.push(error));
+    await flush();
+    const first = sse.streams[0] as SseRequest;
+    first.write(OPENING);
+    first.send({ type: 'snapshot', task: task.view() }, 0);
+    await flush();
+    const garbage = `data: ${'x'.repeat(65_535)}\n`;
+    for (let i = 0; i < 8 && !first.aborted(); i++) {
+      first.write(garbage);
+      await flush();
+    }
+    expect(first.aborted()).toBe(true);
+    expect(errors[0]).toMatchObject({ code: 'frame_too_large' });
+    // Reopened from the cursor after a step of backoff, as for a frame it rejects (not at once, for ever).
+    await scheduler.advance(499);
+    expect(sse.streams).toHaveLength(1);
+    await scheduler.advance(1);
+    const second = sse.streams[1] as SseRequest;
+    expect(second.headers['last-event-id']).toBeUndefined(); // (the cursor's seq, 0: none)
+    second.send({ type: 'event', event: task.item('a') }, 1);
+    second.send({ type: 'event', event: task.end() }, 2);
+    expect((await watch.done).status).toBe('completed');
+    expect(log).toEqual(['snapshot@0', 'error:frame_too_large', 'item@1', 'completed@2', 'finished@2']);
     await client.close();
   });
 });

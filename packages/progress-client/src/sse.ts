@@ -53,8 +53,14 @@ export type StreamingFetch = (
   headers?: { get(name: string): string | null };
 }>;
 
-/** The comment a stream opens with to say how often its heartbeats come. */
-const HEARTBEAT_INTERVAL = /^: hello heartbeatIntervalMs=(\d+)$/m;
+/**
+ * The comment a stream opens with to say how often its heartbeats come: a line of the opening block, after
+ * its `retry:` line (protocol.md: one block, `retry:` first). A line end before it, not a multiline `^`: a
+ * frame's JSON holds U+2028 and U+2029 raw, line ends to a regex and not to SSE, so a task's message
+ * `\u2028: hello heartbeatIntervalMs=300000` (an application's text, a file name a user chose) set the
+ * stream's silence timeout to 10 minutes until 7 December 2026.
+ */
+const HEARTBEAT_INTERVAL = /[\r\n]: hello heartbeatIntervalMs=(\d+)/;
 
 /** Options of {@link sseFallback}. */
 export interface SseFallbackOptions {
@@ -207,7 +213,6 @@ function sseWire(host: FallbackHost, fetchImpl: StreamingFetch | undefined): Fal
           const { done, value } = await reader.read();
           if (done) break;
           delivered = true;
-          heard();
           buffer += decoder.decode(value, { stream: true });
           // The complete blocks, each ended by a blank line; the last part waits for the rest of its block.
           // Lines end with CRLF, LF or CR (the SSE spec): a proxy may rewrite the server's LFs, and a stream
@@ -216,15 +221,21 @@ function sseWire(host: FallbackHost, fetchImpl: StreamingFetch | undefined): Fal
           // stream's block is not held until more comes); when it was half of a CRLF split across two chunks,
           // its LF opens the next part as an empty line, which ends no block (no other line end follows it).
           const blocks = buffer.split(/(?:\r\n|\n|\r(?!\n)){2}/);
-          buffer = blocks.pop() as string;
+          // A block still unended past 300,000 UTF-16 units, more than any frame's block holds (its data at
+          // most `maxFrameBytes`, 128 KiB), is read as it stands rather than kept: its data is refused as
+          // `frame_too_large` and the stream starts over (below), and what is no frame is let go of. A
+          // broken proxy streaming bytes without a blank line grew the page's memory for as long as it
+          // streamed (each chunk counted as life): until 7 December 2026 nothing bounded it.
+          buffer = (blocks.at(-1) as string)[3e5] ? '' : (blocks.pop() as string);
           for (const block of blocks) {
-            const stated = HEARTBEAT_INTERVAL.exec(block);
-            if (stated) {
-              // At most 5 minutes of it, as the socket takes of its hello: a misconfigured or broken
-              // server's week of interval left a dead stream, and its watch, hanging for two.
-              intervalMs = Math.min(+(stated[1] as string), 3e5);
-              heard();
-            }
+            // The interval a stream states, at most 5 minutes of it, as the socket takes of its hello: a
+            // misconfigured or broken server's week of interval left a dead stream, and its watch, hanging
+            // for two.
+            intervalMs = Math.min(+(HEARTBEAT_INTERVAL.exec(block)?.[1] ?? intervalMs), 3e5);
+            // Heard from: a block ended (with the interval it states, in the first). Not bytes that end none:
+            // a proxy trickling them without a blank line, its upstream gone, held the watch for as long as it
+            // went on (until 7 December 2026). A frame is one block, as on the socket one message.
+            heard();
             // Only `data:` lines matter: `id:` repeats the frame's seq (and the epoch, which snapshots carry
             // and the watch keeps), comments are heartbeats.
             // (`[^\r\n]`, not `.`: a frame's JSON may hold U+2028 and U+2029 raw, which `.` does not match.)
