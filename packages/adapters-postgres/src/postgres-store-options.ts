@@ -355,7 +355,13 @@ export function resolveStoreOptions(options: PostgresProgressStoreOptions): Reso
     throw invalidOption('PostgresProgressStore', 'options must be an object');
   // A pg connection setting is the usual first try (`open({ connectionString })`), and the nearest option
   // name to it (`reconnect`, `db`) pointed the wrong way: the store takes a pool, never builds one.
-  const setting = PG_SETTINGS.find((key) => Object.hasOwn(options, key));
+  let setting: string | undefined;
+  try {
+    setting = PG_SETTINGS.find((key) => Object.hasOwn(options, key));
+  } catch {
+    // A Proxy whose trap throws (or one revoked): resolveOptions reads the object again and refuses it
+    // with invalid_input (here, its error rejected open() without a code).
+  }
   if (setting !== undefined)
     throw invalidOption(
       'PostgresProgressStore',

@@ -107,6 +107,36 @@ describe('options', () => {
     expect(isProgressError(await rejection(null), ErrorCode.InvalidInput)).toBe(true);
   });
 
+  it('rejects options whose reading throws (a getter, a Proxy trap) with invalid_input naming the option', async () => {
+    // Until 8 December 2026 the getter's or trap's own error rejected open() without a code.
+    const broke = new Error('getter broke');
+    const getter = {
+      pool,
+      get clock(): never {
+        throw broke;
+      },
+    };
+    expect(await rejection(getter)).toMatchObject({
+      code: ErrorCode.InvalidInput,
+      message: 'PostgresProgressStore: clock threw: getter broke',
+      cause: broke,
+    });
+    // The check for pg's connection settings asks the object first (its getOwnPropertyDescriptor trap).
+    const trap = new Proxy(
+      { pool },
+      {
+        getOwnPropertyDescriptor() {
+          throw broke;
+        },
+      },
+    );
+    expect(await rejection(trap)).toMatchObject({ code: ErrorCode.InvalidInput, cause: broke });
+    const { proxy, revoke } = Proxy.revocable({ pool }, {});
+    revoke();
+    const error = await rejection(proxy);
+    expect(isProgressError(error, ErrorCode.InvalidInput), String(error)).toBe(true);
+  });
+
   it('refuses a connection string given as pool or db without repeating it (its password would reach the logs)', async () => {
     // `pool: process.env.DATABASE_URL` is an easy slip; the error is logged at startup, often shipped to a
     // log service that many can read.

@@ -85,6 +85,27 @@ describe('options', () => {
       [{ database: ':memory:', clock: 5 }, /clock/],
       [{ database: ':memory:', onError: 'log' }, /onError/],
       [{ database: ':memory:', path: 'x.db' }, /unknown option "path"/],
+      // A getter or Proxy trap that throws (until 8 December 2026 its own error, without a code).
+      [
+        {
+          database: ':memory:',
+          get busyTimeoutMs(): never {
+            throw new Error('getter broke');
+          },
+        },
+        /^SqliteProgressStore: busyTimeoutMs threw: getter broke$/,
+      ],
+      [
+        new Proxy(
+          {},
+          {
+            ownKeys() {
+              throw new Error('trap broke');
+            },
+          },
+        ),
+        /^SqliteProgressStore: options threw: trap broke$/,
+      ],
     ];
     for (const [options, message] of bad) {
       expectThrowsCode(

@@ -76,6 +76,24 @@ describe('client options', () => {
     );
   });
 
+  it('refuses options whose reading throws (a getter, a Proxy trap) with invalid_input naming the option', () => {
+    // Until 8 December 2026 the getter's own error left `new ProgressClient()` without a code.
+    const broke = new Error('getter broke');
+    const options = {
+      ...base,
+      get reconnect(): never {
+        throw broke;
+      },
+    };
+    expect(() => resolveOptions(options)).toThrow(
+      expect.objectContaining({
+        code: ErrorCode.InvalidInput,
+        message: 'ProgressClient: reconnect threw: getter broke',
+        cause: broke,
+      }),
+    );
+  });
+
   it('exports frozen defaults, and merges them once', () => {
     expect(Object.isFrozen(PROGRESS_CLIENT_DEFAULTS)).toBe(true);
     const resolved = resolveOptions(base);

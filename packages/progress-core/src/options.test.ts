@@ -111,6 +111,59 @@ describe('resolveOptions', () => {
     );
   });
 
+  it('refuses options whose reading throws (a getter, a Proxy trap) with invalid_input naming the option', () => {
+    // Until 8 December 2026 the getter's or trap's own error left constructors and open() without a code.
+    const broke = new Error('getter broke');
+    const getter = {
+      get verbose(): boolean {
+        throw broke;
+      },
+    };
+    let thrown: unknown;
+    try {
+      resolveOptions('C', specs, getter);
+    } catch (error) {
+      thrown = error;
+    }
+    expect(thrown).toMatchObject({ code: 'invalid_input', cause: broke });
+    expect((thrown as Error).message).toBe('C: verbose threw: getter broke');
+    const nestedGetter = {
+      reconnect: {
+        get maxDelayMs(): number {
+          throw broke;
+        },
+      },
+    };
+    expect(invalidInputMessage(() => resolveOptions('C', specs, nestedGetter))).toBe(
+      'C: reconnect.maxDelayMs threw: getter broke',
+    );
+    const keysTrap = new Proxy(
+      {},
+      {
+        ownKeys() {
+          throw broke;
+        },
+      },
+    );
+    expect(invalidInputMessage(() => resolveOptions('C', specs, keysTrap))).toBe(
+      'C: options threw: getter broke',
+    );
+    const { proxy, revoke } = Proxy.revocable({}, {});
+    revoke();
+    expect(invalidInputMessage(() => resolveOptions('C', specs, proxy))).toMatch(/^C: options threw: /);
+    // Not a thrown string's `message`: the value itself is not shown (it could be anything).
+    const stringThrower = {
+      get mode(): string {
+        throw 'nope';
+      },
+    };
+    expect(invalidInputMessage(() => resolveOptions('C', specs, stringThrower))).toBe('C: mode threw');
+    // An option's own refusal keeps its message.
+    expect(invalidInputMessage(() => resolveOptions('C', specs, { verbose: 1 }))).toBe(
+      'C: verbose must be a boolean, got 1',
+    );
+  });
+
   it('refuses a missing required option', () => {
     const withStore = { store: required(optional(func<() => void>(() => {}))) };
     expect(invalidInputMessage(() => resolveOptions('C', withStore, {}))).toBe(

@@ -1,5 +1,5 @@
 import { ErrorCode } from './codes.js';
-import { ProgressError } from './progress-error.js';
+import { isProgressError, ProgressError } from './progress-error.js';
 
 /**
  * The options toolkit every package's resolver uses: one description per option (its default and its
@@ -176,35 +176,49 @@ function readOptions<S extends OptionSpecs>(
   /** Names the object itself in the message when it is not one. */
   objectName: string,
 ): ResolvedOptionsOf<S> {
-  if (typeof options !== 'object' || options === null || Array.isArray(options)) {
-    throw refused(objectName, 'an object', options);
-  }
-  const given = options as Record<string, unknown>;
-  const names = Object.keys(specs);
-  for (const key of Object.keys(given)) {
-    if (!Object.hasOwn(specs, key)) {
-      const nearest = nearestName(key, names);
-      throw new ProgressError(
-        ErrorCode.InvalidInput,
-        `${where}: unknown option "${key}"${nearest ? ` (did you mean \`${nearest}\`?)` : ''}`,
-      );
+  // The caller's getters and Proxy traps run here (and in the options' checks): what they throw is the
+  // caller's bad input, `invalid_input` naming the option read, as the stores' argument readers say it.
+  // Bare, it left constructors and open() without a code.
+  let at = objectName;
+  try {
+    if (typeof options !== 'object' || options === null || Array.isArray(options)) {
+      throw refused(objectName, 'an object', options);
     }
-  }
-  const resolved: Record<string, unknown> = {};
-  for (const name of names) {
-    const spec = specs[name] as OptionSpec<unknown>;
-    const value = given[name];
-    if (value !== undefined) resolved[name] = spec.read(value, prefix + name);
-    else if (spec.required === true) {
-      // The check's own message says what the option must be; a check that lets undefined pass still
-      // cannot make a required option optional.
-      resolved[name] = spec.read(undefined, prefix + name);
-      if (resolved[name] === undefined) {
-        throw new ProgressError(ErrorCode.InvalidInput, `${prefix}${name} is required`);
+    const given = options as Record<string, unknown>;
+    const names = Object.keys(specs);
+    for (const key of Object.keys(given)) {
+      if (!Object.hasOwn(specs, key)) {
+        const nearest = nearestName(key, names);
+        throw new ProgressError(
+          ErrorCode.InvalidInput,
+          `${where}: unknown option "${key}"${nearest ? ` (did you mean \`${nearest}\`?)` : ''}`,
+        );
       }
-    } else resolved[name] = spec.default;
+    }
+    const resolved: Record<string, unknown> = {};
+    for (const name of names) {
+      at = prefix + name;
+      const spec = specs[name] as OptionSpec<unknown>;
+      const value = given[name];
+      if (value !== undefined) resolved[name] = spec.read(value, at);
+      else if (spec.required === true) {
+        // The check's own message says what the option must be; a check that lets undefined pass still
+        // cannot make a required option optional.
+        resolved[name] = spec.read(undefined, at);
+        if (resolved[name] === undefined) {
+          throw new ProgressError(ErrorCode.InvalidInput, `${at} is required`);
+        }
+      } else resolved[name] = spec.default;
+    }
+    return resolved as ResolvedOptionsOf<S>;
+  } catch (error) {
+    if (isProgressError(error)) throw error;
+    throw new ProgressError(
+      ErrorCode.InvalidInput,
+      `${at} threw${error instanceof Error ? `: ${error.message}` : ''}`,
+      { cause: error },
+    );
   }
-  return resolved as ResolvedOptionsOf<S>;
 }
 
 /**

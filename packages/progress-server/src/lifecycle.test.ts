@@ -274,6 +274,40 @@ describe('options', () => {
     );
   });
 
+  it('refuses options whose reading throws (a getter, a Proxy) with invalid_input naming the option', () => {
+    // Until 8 December 2026 the getter's own error left the constructor without a code: `store` is read
+    // before the options are resolved (for the promise check), and the options' reads were unguarded.
+    const broke = new Error('getter broke');
+    const getterStore = {
+      authenticate: noAuth,
+      get store(): never {
+        throw broke;
+      },
+    };
+    expect(() => new ProgressServer(getterStore as never)).toThrow(
+      expect.objectContaining({
+        code: 'invalid_input',
+        message: 'ProgressServer: store threw: getter broke',
+        cause: broke,
+      }),
+    );
+    const proxy = new Proxy(
+      { store: new MemoryProgressStore(), authenticate: noAuth },
+      {
+        get(target, key, receiver) {
+          if (key === 'heartbeatIntervalMs') throw broke;
+          return Reflect.get(target, key, receiver);
+        },
+      },
+    );
+    expect(() => new ProgressServer(proxy)).toThrow(
+      expect.objectContaining({
+        code: 'invalid_input',
+        message: 'ProgressServer: heartbeatIntervalMs threw: getter broke',
+      }),
+    );
+  });
+
   // The Origin header is compared as a string: an entry no browser sends (a trailing slash copied from
   // the address bar) was accepted and refused every upgrade from that page with 403.
   it.each([

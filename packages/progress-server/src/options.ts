@@ -721,8 +721,15 @@ export function resolveServerOptions<P extends Principal>(
 ): ResolvedServerOptions<P> {
   // `store: PostgresProgressStore.open(…)` without its `await` (plain JavaScript: TypeScript refuses it)
   // was refused as "got an object", which named neither the promise nor the fix.
-  const store: unknown = (options as { store?: unknown } | undefined)?.store;
-  if (typeof (store as { then?: unknown } | null)?.then === 'function') {
+  let isPromise = false;
+  try {
+    const store: unknown = (options as { store?: unknown } | undefined)?.store;
+    isPromise = typeof (store as { then?: unknown } | null)?.then === 'function';
+  } catch {
+    // A getter or Proxy trap that throws: resolveOptions reads `store` again and refuses it with
+    // invalid_input naming it (here, its error left the constructor without a code).
+  }
+  if (isPromise) {
     throw invalidOption(
       'ProgressServer',
       'store is a promise: pass the store it resolves to (`await PostgresProgressStore.open(…)`)',

@@ -65,6 +65,32 @@ describe('MemoryProgressStore', () => {
     expect(await store.getTask('task-1')).toMatchObject({ seq: 0, leaseOwner: null });
   });
 
+  it('reaps every expired lease at one reading of the clock, as the other stores reap in one transaction', async () => {
+    // Until 8 December 2026 each reaped task read the clock again: one that threw on the second read
+    // rejected the call with internal after the first task was already interrupted (and published), a
+    // reap the caller never heard of; the tasks' ends also had different times.
+    let now = 1_000;
+    let readsLeft = Number.POSITIVE_INFINITY;
+    const store = new MemoryProgressStore({
+      clock: () => {
+        readsLeft -= 1;
+        if (readsLeft < 0) throw new Error('clock broke');
+        return now;
+      },
+    });
+    for (const id of ['task-1', 'task-2']) {
+      await store.createTask({ id, owner: 'alice', kind: 'batch' });
+      await store.renewLease(id, 'worker-1', 100);
+    }
+    now = 5_000;
+    readsLeft = 1;
+    const reaped = await store.reapExpiredLeases();
+    expect(reaped.map((result) => [result.task.id, result.event.time])).toEqual([
+      ['task-1', 5_000],
+      ['task-2', 5_000],
+    ]);
+  });
+
   it('rejects bad options at construction with invalid_input', () => {
     const bad: unknown[] = [{ clock: 42 }, { onListenerError: 'log' }, { colour: 'red' }, null, 'options'];
     for (const options of bad) {

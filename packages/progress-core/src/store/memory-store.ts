@@ -245,7 +245,10 @@ export class MemoryProgressStore implements ProgressStore {
       // list: a task whose lease is no longer expired is left alone, as a store reaping in one transaction
       // would have found it, instead of rejecting the whole call with what was already reaped.
       if (!isLeaseExpired(entry.task, now) || this.#tasks.get(entry.task.id) !== entry) continue;
-      results.push(this.#commit(entry, { type: 'interrupted', reason: leaseExpiredReason(entry.task) }));
+      // At `now`, the reading the leases were found expired by: read again per task, a clock that threw on
+      // a later read rejected the call after the first tasks were reaped (the SQLite and Postgres stores
+      // reap at one reading, in one transaction).
+      results.push(this.#commit(entry, { type: 'interrupted', reason: leaseExpiredReason(entry.task) }, now));
     }
     return results;
   }
@@ -282,8 +285,8 @@ export class MemoryProgressStore implements ProgressStore {
   }
 
   /** Applies a validated input through the shared transition, then publishes the change. */
-  #commit(entry: Entry, input: AppendInput): AppendResult {
-    const planned = planAppend(entry.task, input, this.#clock());
+  #commit(entry: Entry, input: AppendInput, now = this.#clock()): AppendResult {
+    const planned = planAppend(entry.task, input, now);
     // Copy before storing: `planned` may reference the caller's `result`/`detail` objects.
     entry.task = copy(planned.task);
     entry.events.push(copy(planned.event));
