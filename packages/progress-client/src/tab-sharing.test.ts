@@ -732,7 +732,7 @@ describe('tab sharing', () => {
     expect(() => tabSharing({ channel: instance as never, locks: tab.locks })).toThrow(
       expect.objectContaining({
         code: 'invalid_input',
-        message: expect.stringMatching(/BroadcastChannel factory/),
+        message: expect.stringMatching(/no channel factory/),
       }),
     );
   });

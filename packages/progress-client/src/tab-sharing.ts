@@ -102,7 +102,7 @@ export function tabSharing(options: TabSharingOptions = {}): TabSharing {
   if (typeof channel !== 'function' || !locks) {
     throw new ProgressError(
       ErrorCode.InvalidInput,
-      'tabSharing: no BroadcastChannel factory or navigator.locks',
+      'tabSharing: no channel factory or navigator.locks',
     );
   }
   const env: HubEnv = { prefix: options.namePrefix ?? 'finishline:', channel, locks };
