@@ -133,13 +133,13 @@ export interface AppOptions {
   proxySecret?: string;
   /**
    * How long a drain waits for one pod that a PodDisruptionBudget protects before the node fails; and, once
-   * it is evicted, for it to terminate.
+   * it is evicted, for it to terminate. An integer from 1 to 2^31 - 1.
    * @default 120000
    */
   evictionTimeoutMs?: number;
   /**
    * How long a drain waits before asking again to evict a pod that a PodDisruptionBudget protects (kubectl
-   * drain's 5 s); a refusal with `Retry-After` waits that instead.
+   * drain's 5 s); a refusal with `Retry-After` waits that instead. An integer from 1 to 2^31 - 1.
    * @default 5000
    */
   evictionRetryMs?: number;
@@ -233,7 +233,14 @@ export function createApp(options: AppOptions): App {
     ['taskRetentionMs', config.taskRetentionMs, 0, Number.MAX_SAFE_INTEGER],
     ['auditRetentionMs', config.auditRetentionMs, 0, Number.MAX_SAFE_INTEGER],
     ['retentionIntervalMs', config.retentionIntervalMs, 1, 2 ** 31 - 1],
+    // Left out, the drain's defaults (120 s, 5 s). Unchecked until 7 December 2026: an evictionRetryMs of NaN
+    // or 0 asked again at once after every PodDisruptionBudget refusal (a timer of NaN fires after 1 ms), a
+    // loop against the API server for the whole evictionTimeoutMs; an evictionTimeoutMs of NaN or below 0
+    // failed a node at its first refusal, and Infinity never did.
+    ['evictionTimeoutMs', config.evictionTimeoutMs, 1, 2 ** 31 - 1],
+    ['evictionRetryMs', config.evictionRetryMs, 1, 2 ** 31 - 1],
   ] as const) {
+    if (value === undefined) continue;
     if (!Number.isSafeInteger(value) || value < min || value > max)
       throw invalidAppOption(`${name} must be an integer from ${min} to ${max} (got ${value})`);
   }
