@@ -177,8 +177,8 @@ export interface App {
   /**
    * Stops accepting connections, stops the Finishline server (ends running tasks honestly; at most
    * {@link CLOSE_STEP_MS}), waits (at most as long again) for the stopped batches to release their node
-   * locks, then (as long again) for the HTTP requests in progress to be answered, and closes the HTTP
-   * server — close the database after this. So it resolves within 3 × {@link CLOSE_STEP_MS}.
+   * locks and for a retention run under way to end, then (as long again) for the HTTP requests in progress
+   * to be answered, and closes the HTTP server — close the database after this. So it resolves within 3 × {@link CLOSE_STEP_MS}.
    */
   close(): Promise<void>;
 }
@@ -542,7 +542,8 @@ export function createApp(options: AppOptions): App {
     async close() {
       clearInterval(sweep);
       clearInterval(purge);
-      retention.stop();
+      // Awaited below, before the caller closes the database: a run under way ends after its current purge.
+      const retentionStopped = retention.stop();
       // Stop accepting first: new connections are refused (the replica launcher's proxy and a Service send
       // them to another replica) and idle kept-alive ones closed, while the requests in progress go on.
       closing = true;
@@ -552,8 +553,9 @@ export function createApp(options: AppOptions): App {
       // The batches just stopped release their node locks after they end: the caller closes the database next.
       // Bounded: a handler stuck in a Kubernetes call that ignores its signal does not hold the shutdown.
       let timer: NodeJS.Timeout | undefined;
+      // And the retention run under way (after its current purge), within the same bound.
       await Promise.race([
-        batches.settled(),
+        Promise.all([batches.settled(), retentionStopped]),
         new Promise<void>((resolve) => {
           timer = setTimeout(resolve, CLOSE_STEP_MS);
         }),
