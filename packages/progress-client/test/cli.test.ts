@@ -737,7 +737,7 @@ describe('finishline watch credentials', () => {
       for (const [option, least] of [
         ['--timeout-ms', '> 0'],
         ['--interval-ms', '>= 0'],
-      ]) {
+      ] as const) {
         const run = io();
         expect(await runCli(['watch', 'ws://127.0.0.1:1/progress', 't1', option, value], run.io)).toBe(
           CLI_EXIT_CODES.usage,
