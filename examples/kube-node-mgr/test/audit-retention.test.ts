@@ -60,6 +60,43 @@ describe('audit retention', () => {
     expect(runs).toBe(after);
   });
 
+  // Review of 7 December 2026: close() cleared the timer but left a run under way to go on, and the caller
+  // closes the database next: the run's purge hit a closed database (a warning at shutdown).
+  it('waits at close for a retention run under way to end before the database is closed', async () => {
+    h = await startHarness({ app: { retentionIntervalMs: 20 } });
+    const harness = h;
+    let release!: () => void;
+    const released = new Promise<void>((resolve) => {
+      release = resolve;
+    });
+    let purging = false;
+    let purgeEnded = false;
+    const purge = harness.db.purgeAudit.bind(harness.db);
+    harness.db.purgeAudit = async (...args) => {
+      purging = true;
+      await released; // a slow database: the purge ends only when released
+      const deleted = await purge(...args);
+      purgeEnded = true;
+      return deleted;
+    };
+    for (let tries = 0; tries < 200 && !purging; tries++)
+      await new Promise((resolve) => setTimeout(resolve, 10));
+    expect(purging, 'a run started').toBe(true);
+    let closed = false;
+    const closing = harness.app.close().then(() => {
+      closed = true;
+    });
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    expect(closed, 'closed while the run was under way').toBe(false);
+    release();
+    await closing;
+    expect(purgeEnded, 'the purge ended before close resolved').toBe(true);
+    h = undefined;
+    await harness.db.close();
+    await harness.store.close();
+    await harness.cluster.close();
+  });
+
   it('purges every finished task past the retention in one run, not one store batch (500) per tick', async () => {
     h = await startHarness({ app: { retentionIntervalMs: 2 ** 31 - 1 } });
     const finished = STORE_DEFAULTS.purgeLimit * 2 + 7;

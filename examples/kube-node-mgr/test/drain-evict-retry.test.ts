@@ -7,7 +7,9 @@
  */
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { MemoryProgressStore } from '@finishline/core';
 import { afterEach, describe, expect, it } from 'vitest';
+import { createApp } from '../src/server/app.js';
 import { DemoCluster } from '../src/server/demo-cluster.js';
 import { KubeNodes, loadKubeConfig } from '../src/server/kube-nodes.js';
 import { drainNode } from '../src/server/node-drain.js';
@@ -175,5 +177,24 @@ describe("the demo cluster's eviction with a uid precondition", () => {
     expect(await leaving()).toBe(true);
     expect((await evict('another-uid')).status).toBe(409); // leaving, still checked
     expect((await evict('u', 'no-such-pod')).status).toBe(404);
+  });
+});
+
+// Review of 7 December 2026: createApp checked its other options but took any evictionTimeoutMs and
+// evictionRetryMs: NaN or 0 retried a refused eviction every millisecond against the API server.
+describe('createApp eviction options', () => {
+  it('refuses an evictionTimeoutMs or evictionRetryMs that is not a whole number of ms from 1 to 2^31 - 1', () => {
+    for (const name of ['evictionTimeoutMs', 'evictionRetryMs'] as const) {
+      for (const value of [Number.NaN, -1, 0, 1.5, Number.POSITIVE_INFINITY, 2 ** 31]) {
+        expect(() =>
+          createApp({
+            store: new MemoryProgressStore(),
+            sessions: {} as never,
+            db: {} as never,
+            [name]: value,
+          }),
+        ).toThrow(new RegExp(`createApp: ${name} must be an integer from 1 to ${2 ** 31 - 1} \\(got `));
+      }
+    }
   });
 });

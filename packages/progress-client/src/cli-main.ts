@@ -48,16 +48,18 @@ const USAGE = `usage: finishline watch <url> <taskId> [options]
                         (default: $FINISHLINE_TOKEN, which other users cannot read in the process list)
   --header <name: value>  upgrade and HTTP header, repeatable (needs the "ws" package); also
                         $FINISHLINE_HEADERS, one "name: value" a line (a --header of the same name wins)
-  --timeout-ms <ms>     give up after this long (exit 5)
+  --timeout-ms <ms>     give up after this long, more than 0 (exit 5; default: no limit)
   --interval-ms <ms>    without a terminal (or with --json), the least time between two progress lines
                         (default 1000)
   --json                one JSON object a line instead (never a bar): the task's state as it changes, at
                         most one per --interval-ms, and its final state ("finished": true) when it ends
   --version, -v         print the version of @finishline/client and exit
+  --help, -h            print this usage and exit
 
 exit codes: 0 completed, 1 failed, 2 cancelled, 3 interrupted, 4 the watch could not go on
 (forbidden, task_not_found, unauthenticated), 5 timeout, 64 bad command line, 130 stopped (Ctrl-C),
-143 stopped (SIGTERM), 141 the output was closed (| head)
+143 stopped (SIGTERM), 141 the output was closed (| head), 74 the output could not be written
+(a full disk)
 `;
 
 /** Runs the CLI with `argv` (without `node` and the script); resolves with the exit code. */
@@ -68,12 +70,15 @@ export async function runCli(argv: readonly string[], cliIo: CliIo): Promise<num
   // The listeners stay: a write's error can come after this function has returned.
   const outputClosed = new AbortController();
   let stderrClosed = false;
+  /** A write failed otherwise than by EPIPE (a full disk, /dev/full, a terminal gone): exit 74, not 141. */
+  let outputFailed = false;
   cliIo.stdout.on?.('error', (error: Error & { code?: unknown }) => {
     if (outputClosed.signal.aborted) return;
     outputClosed.abort();
-    // A write that failed otherwise (a full disk, a terminal gone) is said: stopping in silence hides why.
-    if (error.code !== 'EPIPE' && !stderrClosed)
-      cliIo.stderr.write(`finishline: cannot write the output: ${error.message}\n`);
+    if (error.code === 'EPIPE') return;
+    outputFailed = true;
+    // Said: stopping in silence hides why.
+    if (!stderrClosed) cliIo.stderr.write(`finishline: cannot write the output: ${error.message}\n`);
   });
   cliIo.stderr.on?.('error', () => {
     stderrClosed = true;
@@ -92,6 +97,40 @@ export async function runCli(argv: readonly string[], cliIo: CliIo): Promise<num
     signal:
       cliIo.signal === undefined ? outputClosed.signal : AbortSignal.any([cliIo.signal, outputClosed.signal]),
   };
+  const code = await watchCli(argv, cliIo, io, outputClosed.signal);
+  // What was written last (the final state, the usage of --help) may still fail: a file's or a terminal's
+  // write reports its error a tick later, a pipe's once drained. Until 7 December 2026 such a failure came
+  // after the exit code was decided, and `finishline watch … --json > out.jsonl && next` (a full disk,
+  // /dev/full) went on with exit 0 and no output.
+  await flushed(cliIo.stdout, outputClosed.signal);
+  return outputFailed ? CLI_EXIT_CODES.ioError : code;
+}
+
+/**
+ * Resolves once `stdout` has written what it holds (or failed, or closed), and a turn later: the turn its
+ * 'error' comes in when the write failed at once.
+ */
+async function flushed(stdout: CliIo['stdout'], outputClosed: AbortSignal): Promise<void> {
+  if (outputClosed.aborted) return; // failed already: nothing more to learn
+  const stream = stdout as { writableLength?: unknown; once?(event: string, listener: () => void): unknown };
+  if (typeof stream.writableLength === 'number' && stream.writableLength > 0 && stream.once !== undefined) {
+    const once = stream.once.bind(stream);
+    await new Promise<void>((resolve) => {
+      once('drain', resolve);
+      once('close', resolve);
+      outputClosed.addEventListener('abort', () => resolve(), { once: true });
+    });
+  }
+  await new Promise((resolve) => setImmediate(resolve));
+}
+
+/** {@link runCli} once its output is set up: `io` writes nowhere once `outputClosed` is aborted. */
+async function watchCli(
+  argv: readonly string[],
+  cliIo: CliIo,
+  io: CliIo,
+  outputClosed: AbortSignal,
+): Promise<number> {
   let parsed: ReturnType<typeof parse>;
   try {
     parsed = parse(argv, cliIo.env);
@@ -206,7 +245,8 @@ export async function runCli(argv: readonly string[], cliIo: CliIo): Promise<num
     );
     return exitCodeOf(state);
   } catch (error) {
-    if (outputClosed.signal.aborted) return CLI_EXIT_CODES.outputClosed;
+    // (runCli makes it 74 when the write failed otherwise than by EPIPE.)
+    if (outputClosed.aborted) return CLI_EXIT_CODES.outputClosed;
     // Stopped by a signal, the wait's own error ("watch.done: the wait for task … was aborted") named the
     // library's API, and "aborted" read as the task's end: the CLI only stops watching, cancels nothing.
     // --timeout-ms likewise ("watch.done: task … did not finish within … ms").
@@ -318,11 +358,14 @@ function parse(argv: readonly string[], env: CliIo['env']) {
     const [name, value] = header(flag, '--header');
     headers[name] = value;
   }
-  const number = (name: string, value: string | undefined): number | undefined => {
+  const number = (name: string, value: string | undefined, least: '>= 0' | '> 0'): number | undefined => {
     if (value === undefined) return undefined;
     // Number('') and Number(' ') are 0: an unset shell variable ("--timeout-ms $T") gave up at once.
     const n = value.trim() === '' ? Number.NaN : Number(value);
-    if (!Number.isFinite(n) || n < 0) throw new Error(`--${name} must be a number of milliseconds >= 0`);
+    if (!Number.isFinite(n) || n < 0 || (least === '> 0' && n === 0))
+      throw new Error(
+        `--${name} must be a number of milliseconds ${least}${least === '> 0' ? ' (leave it out for no limit)' : ''}`,
+      );
     return n;
   };
   return {
@@ -330,8 +373,10 @@ function parse(argv: readonly string[], env: CliIo['env']) {
     taskId,
     token,
     headers,
-    timeoutMs: number('timeout-ms', values['timeout-ms']),
-    intervalMs: number('interval-ms', values['interval-ms']) ?? 1000,
+    // Not 0: the wait gave up (exit 5) before any answer of the server, a task completed long ago included.
+    // "Give up after this long" has no sense for 0; nor is 0 "no limit", which leaving it out already is.
+    timeoutMs: number('timeout-ms', values['timeout-ms'], '> 0'),
+    intervalMs: number('interval-ms', values['interval-ms'], '>= 0') ?? 1000,
     json: values.json === true,
   };
 }

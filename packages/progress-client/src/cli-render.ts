@@ -33,6 +33,11 @@ export const CLI_EXIT_CODES = Object.freeze({
    * report a command a closed pipe ended.
    */
   outputClosed: 141,
+  /**
+   * The output could not be written otherwise (a full disk, `> /dev/full`, a terminal gone): EX_IOERR of
+   * sysexits.h. Whatever the task's status: a script must not go on with output that was not written.
+   */
+  ioError: 74,
 });
 
 const BAR_WIDTH = 30;

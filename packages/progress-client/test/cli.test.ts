@@ -135,6 +135,8 @@ describe('finishline watch <url> <taskId> against a real server', () => {
     const run = io();
     expect(await runCli(['--help'], run.io)).toBe(0);
     const help = run.out.join('');
+    // Itself included: until 7 December 2026 the usage listed every option but --help.
+    expect(help).toContain('  --help, -h ');
     const listed = help.slice(help.indexOf('exit codes:'));
     const codes = [...listed.matchAll(/(?:^|[:,]\s)(\d+) /g)].map((match) => Number(match[1]));
     expect(codes.sort((a, b) => a - b)).toEqual(Object.values(CLI_EXIT_CODES).sort((a, b) => a - b));
@@ -502,7 +504,7 @@ describe('finishline watch when the output is not a terminal', () => {
       expect(result).toBe(CLI_EXIT_CODES.outputClosed);
       expect(CLI_EXIT_CODES.outputClosed).toBe(141);
       expect(err.join('')).toBe('');
-      // Another write error (a full disk) stops the watch too, but says why.
+      // Another write error (a full disk) stops the watch too, but says why, and exits 74 (EX_IOERR).
       const full = new Writable({
         write(_chunk, _encoding, callback) {
           callback(Object.assign(new Error('no space left on device'), { code: 'ENOSPC' }));
@@ -518,7 +520,7 @@ describe('finishline watch when the output is not a terminal', () => {
       server.accept(600_000).push(snap(new FakeTask('t2', 3).view()));
       expect(
         await Promise.race([second, vi.advanceTimersByTimeAsync(1000).then(() => 'still watching')]),
-      ).toBe(CLI_EXIT_CODES.outputClosed);
+      ).toBe(CLI_EXIT_CODES.ioError);
       expect(err2.join('')).toBe('finishline: cannot write the output: no space left on device\n');
     } finally {
       vi.useRealTimers();
@@ -732,13 +734,56 @@ describe('finishline watch credentials', () => {
 
   it('refuses an empty or blank --timeout-ms (an unset shell variable) instead of reading it as 0 ms', async () => {
     for (const value of ['', ' ']) {
-      for (const option of ['--timeout-ms', '--interval-ms']) {
+      for (const [option, least] of [
+        ['--timeout-ms', '> 0'],
+        ['--interval-ms', '>= 0'],
+      ] as const) {
         const run = io();
         expect(await runCli(['watch', 'ws://127.0.0.1:1/progress', 't1', option, value], run.io)).toBe(
           CLI_EXIT_CODES.usage,
         );
-        expect(run.err.join('')).toContain(`${option} must be a number of milliseconds >= 0`);
+        expect(run.err.join('')).toContain(`${option} must be a number of milliseconds ${least}`);
       }
+    }
+  });
+
+  // Review of 7 December 2026: `--timeout-ms 0` gave up before the server's first answer, exit 5 (timeout)
+  // for a task completed long ago. 0 is no duration to wait, nor "no limit" (leaving it out is).
+  it('exits 64 on --timeout-ms 0, saying how to wait without a limit', async () => {
+    const { server, url } = await start();
+    const task = await completedTask(server);
+    const run = io();
+    expect(await runCli(['watch', url, task.id, '--token', 'ops', '--timeout-ms', '0'], run.io)).toBe(
+      CLI_EXIT_CODES.usage,
+    );
+    expect(run.err.join('')).toContain(
+      'finishline: --timeout-ms must be a number of milliseconds > 0 (leave it out for no limit)\n',
+    );
+    expect(run.out.join('')).toBe('');
+  });
+
+  // Review of 7 December 2026: a write that failed otherwise than by EPIPE after the last line (the final
+  // state, the usage) came after the exit code: `finishline watch … --json > out.jsonl && next` went on, exit 0,
+  // on a full disk.
+  it('exits 74 when its output cannot be written (a full disk), a completed task and --help included', async () => {
+    const full = () =>
+      new Writable({
+        write(_chunk, _encoding, callback) {
+          callback(Object.assign(new Error('no space left on device'), { code: 'ENOSPC' }));
+        },
+      });
+    const { server, url } = await start();
+    const task = await completedTask(server);
+    expect(CLI_EXIT_CODES.ioError).toBe(74);
+    for (const argv of [['--help'], ['--version'], ['watch', url, task.id, '--token', 'ops', '--json']]) {
+      const err: string[] = [];
+      const code = await runCli(argv, {
+        stdout: full(),
+        stderr: { write: (text: string) => err.push(text) },
+        WebSocket: WebSocket as unknown as WebSocketConstructorLike,
+      });
+      expect(code, argv.join(' ')).toBe(CLI_EXIT_CODES.ioError);
+      expect(err.join('')).toBe('finishline: cannot write the output: no space left on device\n');
     }
   });
 

@@ -133,13 +133,13 @@ export interface AppOptions {
   proxySecret?: string;
   /**
    * How long a drain waits for one pod that a PodDisruptionBudget protects before the node fails; and, once
-   * it is evicted, for it to terminate.
+   * it is evicted, for it to terminate. An integer from 1 to 2^31 - 1.
    * @default 120000
    */
   evictionTimeoutMs?: number;
   /**
    * How long a drain waits before asking again to evict a pod that a PodDisruptionBudget protects (kubectl
-   * drain's 5 s); a refusal with `Retry-After` waits that instead.
+   * drain's 5 s); a refusal with `Retry-After` waits that instead. An integer from 1 to 2^31 - 1.
    * @default 5000
    */
   evictionRetryMs?: number;
@@ -177,8 +177,8 @@ export interface App {
   /**
    * Stops accepting connections, stops the Finishline server (ends running tasks honestly; at most
    * {@link CLOSE_STEP_MS}), waits (at most as long again) for the stopped batches to release their node
-   * locks, then (as long again) for the HTTP requests in progress to be answered, and closes the HTTP
-   * server — close the database after this. So it resolves within 3 × {@link CLOSE_STEP_MS}.
+   * locks and for a retention run under way to end, then (as long again) for the HTTP requests in progress
+   * to be answered, and closes the HTTP server — close the database after this. So it resolves within 3 × {@link CLOSE_STEP_MS}.
    */
   close(): Promise<void>;
 }
@@ -233,7 +233,14 @@ export function createApp(options: AppOptions): App {
     ['taskRetentionMs', config.taskRetentionMs, 0, Number.MAX_SAFE_INTEGER],
     ['auditRetentionMs', config.auditRetentionMs, 0, Number.MAX_SAFE_INTEGER],
     ['retentionIntervalMs', config.retentionIntervalMs, 1, 2 ** 31 - 1],
+    // Left out, the drain's defaults (120 s, 5 s). Unchecked until 7 December 2026: an evictionRetryMs of NaN
+    // or 0 asked again at once after every PodDisruptionBudget refusal (a timer of NaN fires after 1 ms), a
+    // loop against the API server for the whole evictionTimeoutMs; an evictionTimeoutMs of NaN or below 0
+    // failed a node at its first refusal, and Infinity never did.
+    ['evictionTimeoutMs', config.evictionTimeoutMs, 1, 2 ** 31 - 1],
+    ['evictionRetryMs', config.evictionRetryMs, 1, 2 ** 31 - 1],
   ] as const) {
+    if (value === undefined) continue;
     if (!Number.isSafeInteger(value) || value < min || value > max)
       throw invalidAppOption(`${name} must be an integer from ${min} to ${max} (got ${value})`);
   }
@@ -535,7 +542,8 @@ export function createApp(options: AppOptions): App {
     async close() {
       clearInterval(sweep);
       clearInterval(purge);
-      retention.stop();
+      // Awaited below, before the caller closes the database: a run under way ends after its current purge.
+      const retentionStopped = retention.stop();
       // Stop accepting first: new connections are refused (the replica launcher's proxy and a Service send
       // them to another replica) and idle kept-alive ones closed, while the requests in progress go on.
       closing = true;
@@ -545,8 +553,9 @@ export function createApp(options: AppOptions): App {
       // The batches just stopped release their node locks after they end: the caller closes the database next.
       // Bounded: a handler stuck in a Kubernetes call that ignores its signal does not hold the shutdown.
       let timer: NodeJS.Timeout | undefined;
+      // And the retention run under way (after its current purge), within the same bound.
       await Promise.race([
-        batches.settled(),
+        Promise.all([batches.settled(), retentionStopped]),
         new Promise<void>((resolve) => {
           timer = setTimeout(resolve, CLOSE_STEP_MS);
         }),

@@ -30,8 +30,12 @@ export interface RetentionOptions {
 export interface Retention {
   /** One run (what each tick does); resolves once it has ended, its failures logged. */
   run(): Promise<void>;
-  /** Clears the timer: no run starts after it (one under way ends on its own). */
-  stop(): void;
+  /**
+   * Clears the timer: no run starts after it. Resolves once the run under way (if any) has ended, after the
+   * purge it is in: the caller closes the database next, and until 7 December 2026 a run still going then
+   * hit the closed database (a warning, `retention failed`, at every shutdown that fell in a run).
+   */
+  stop(): Promise<void>;
 }
 
 export function startRetention(options: RetentionOptions): Retention {
@@ -64,9 +68,10 @@ export function startRetention(options: RetentionOptions): Retention {
   timer.unref();
   return {
     run,
-    stop() {
+    async stop() {
       stopped = true;
       clearInterval(timer);
+      await running;
     },
   };
 }
