@@ -100,10 +100,7 @@ export function tabSharing(options: TabSharingOptions = {}): TabSharing {
   // Checked here, not when a socket first needs it: a BroadcastChannel given where its factory is asked for
   // made every socket the client opened throw a TypeError, and the client retried for ever.
   if (typeof channel !== 'function' || !locks) {
-    throw new ProgressError(
-      ErrorCode.InvalidInput,
-      'tabSharing: no channel factory or navigator.locks',
-    );
+    throw new ProgressError(ErrorCode.InvalidInput, 'tabSharing: no channel factory or navigator.locks');
   }
   const env: HubEnv = { prefix: options.namePrefix ?? 'finishline:', channel, locks };
   const hubs = new Map<string, TabHub>();
