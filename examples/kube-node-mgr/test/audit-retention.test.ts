@@ -1,6 +1,6 @@
 // biome-ignore-all lint/suspicious/noExplicitAny: JSON bodies of API responses, checked by the assertions.
 import { isProgressError, MemoryProgressStore, STORE_DEFAULTS } from '@finishline/core';
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it, vi } from 'vitest';
 import { createApp } from '../src/server/app.js';
 import { startRetention } from '../src/server/retention.js';
 import { type Harness, login, postLogin, startHarness } from './harness.js';
@@ -95,6 +95,52 @@ describe('audit retention', () => {
     await harness.db.close();
     await harness.store.close();
     await harness.cluster.close();
+  });
+
+  // Review of 8 December 2026: the hourly purges of expired sessions and Idempotency-Keys were not awaited
+  // either: one under way at close went on after the caller closed the database, as the retention run did.
+  it('waits at close for the hourly session and Idempotency-Key purges under way', async () => {
+    // Only the intervals are faked, to reach the hourly tick at once; close()'s bound (setTimeout) is real.
+    vi.useFakeTimers({ toFake: ['setInterval', 'clearInterval'] });
+    try {
+      h = await startHarness({
+        app: { retentionIntervalMs: 2 ** 31 - 1, sessionSweepIntervalMs: 2 ** 31 - 1 },
+      });
+      const harness = h;
+      let release!: () => void;
+      const released = new Promise<void>((resolve) => {
+        release = resolve;
+      });
+      const started: string[] = [];
+      const ended: string[] = [];
+      const slow =
+        <A extends unknown[]>(name: string, call: (...args: A) => Promise<void>) =>
+        async (...args: A) => {
+          started.push(name);
+          await released; // a slow database: the purge ends only when released
+          await call(...args);
+          ended.push(name);
+        };
+      harness.db.purgeSessions = slow('sessions', harness.db.purgeSessions.bind(harness.db));
+      harness.db.purgeIdempotencyKeys = slow('keys', harness.db.purgeIdempotencyKeys.bind(harness.db));
+      vi.advanceTimersByTime(3_600_000);
+      expect(started.sort(), 'the hourly purges started').toEqual(['keys', 'sessions']);
+      let closed = false;
+      const closing = harness.app.close().then(() => {
+        closed = true;
+      });
+      await new Promise((resolve) => setTimeout(resolve, 100));
+      expect(closed, 'closed while the purges were under way').toBe(false);
+      release();
+      await closing;
+      expect(ended.sort(), 'the purges ended before close resolved').toEqual(['keys', 'sessions']);
+      h = undefined;
+      await harness.db.close();
+      await harness.store.close();
+      await harness.cluster.close();
+    } finally {
+      vi.useRealTimers();
+    }
   });
 
   it('purges every finished task past the retention in one run, not one store batch (500) per tick', async () => {

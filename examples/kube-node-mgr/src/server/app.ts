@@ -177,8 +177,8 @@ export interface App {
   /**
    * Stops accepting connections, stops the Finishline server (ends running tasks honestly; at most
    * {@link CLOSE_STEP_MS}), waits (at most as long again) for the stopped batches to release their node
-   * locks and for a retention run under way to end, then (as long again) for the HTTP requests in progress
-   * to be answered, and closes the HTTP server — close the database after this. So it resolves within 3 × {@link CLOSE_STEP_MS}.
+   * locks and for a retention run, a session sweep and an hourly purge under way to end, then (as long
+   * again) for the HTTP requests in progress to be answered, and closes the HTTP server — close the database after this. So it resolves within 3 × {@link CLOSE_STEP_MS}.
    */
   close(): Promise<void>;
 }
@@ -404,13 +404,23 @@ export function createApp(options: AppOptions): App {
     for (const socket of socketsBySid.get(sid) ?? []) socket.destroy();
     socketsBySid.delete(sid);
   };
+  // The database calls of the sweep and the purge below (kysely's are asynchronous, on SQLite as on
+  // Postgres): close() waits for those under way, as for a retention run, before the caller closes the
+  // database (one still going then failed on the closed database). Each is caught: none rejects.
+  const housekeeping = new Set<Promise<void>>();
+  const track = (call: Promise<void>) => {
+    housekeeping.add(call);
+    void call.then(() => housekeeping.delete(call));
+  };
   const sweep = setInterval(() => {
     for (const sid of [...socketsBySid.keys()]) {
-      sessions.active(sid).then(
-        (active) => {
-          if (!active) dropSockets(sid);
-        },
-        (error: unknown) => config.logger?.warn({ err: String(error) }, 'session sweep failed'),
+      track(
+        sessions.active(sid).then(
+          (active) => {
+            if (!active) dropSockets(sid);
+          },
+          (error: unknown) => config.logger?.warn({ err: String(error) }, 'session sweep failed'),
+        ),
       );
     }
   }, config.sessionSweepIntervalMs);
@@ -418,11 +428,17 @@ export function createApp(options: AppOptions): App {
   // Expired sessions are deleted hourly (revoked ones stay until they expire, so they stay refused), and so
   // are expired Idempotency-Keys of batch starts.
   const purge = setInterval(() => {
-    db.purgeSessions().catch((error: unknown) =>
-      config.logger?.warn({ err: String(error) }, 'session purge failed'),
+    track(
+      db
+        .purgeSessions()
+        .catch((error: unknown) => config.logger?.warn({ err: String(error) }, 'session purge failed')),
     );
-    db.purgeIdempotencyKeys(Date.now() - IDEMPOTENCY_KEY_TTL_MS).catch((error: unknown) =>
-      config.logger?.warn({ err: String(error) }, 'idempotency key purge failed'),
+    track(
+      db
+        .purgeIdempotencyKeys(Date.now() - IDEMPOTENCY_KEY_TTL_MS)
+        .catch((error: unknown) =>
+          config.logger?.warn({ err: String(error) }, 'idempotency key purge failed'),
+        ),
     );
   }, 3_600_000);
   purge.unref();
@@ -553,9 +569,10 @@ export function createApp(options: AppOptions): App {
       // The batches just stopped release their node locks after they end: the caller closes the database next.
       // Bounded: a handler stuck in a Kubernetes call that ignores its signal does not hold the shutdown.
       let timer: NodeJS.Timeout | undefined;
-      // And the retention run under way (after its current purge), within the same bound.
+      // And the retention run under way (after its current purge), and the session sweep's and the hourly
+      // purges' database calls under way (their timers cleared above), within the same bound.
       await Promise.race([
-        Promise.all([batches.settled(), retentionStopped]),
+        Promise.all([batches.settled(), retentionStopped, ...housekeeping]),
         new Promise<void>((resolve) => {
           timer = setTimeout(resolve, CLOSE_STEP_MS);
         }),
