@@ -6,6 +6,7 @@ import { assertTaskId, nearestName } from '@finishline/core/internal';
 import { CLI_EXIT_CODES, exitCodeOf, finalLine, jsonLine, printable, progressLine } from './cli-render.js';
 import type { WebSocketConstructorLike } from './options.js';
 import { ProgressClient } from './progress-client.js';
+import { describeSocketError } from './socket-platform.js';
 
 /**
  * `finishline watch <url> <taskId>`: follows one task from a terminal and exits with its final status.
@@ -56,10 +57,13 @@ const USAGE = `usage: finishline watch <url> <taskId> [options]
   --version, -v         print the version of @finishline/client and exit
   --help, -h            print this usage and exit
 
+A server that is down (connection refused) or answers the upgrade with HTTP 5xx, 408 or 429 is retried
+(until --timeout-ms); an upgrade answered with another 3xx or 4xx (a wrong path's 404) ends the watch.
+
 exit codes: 0 completed, 1 failed, 2 cancelled, 3 interrupted, 4 the watch could not go on
-(forbidden, task_not_found, unauthenticated), 5 timeout, 64 bad command line, 130 stopped (Ctrl-C),
-143 stopped (SIGTERM), 141 the output was closed (| head), 74 the output could not be written
-(a full disk)
+(forbidden, task_not_found, unauthenticated, <url> not the WebSocket endpoint), 5 timeout, 64 bad
+command line, 130 stopped (Ctrl-C), 143 stopped (SIGTERM), 141 the output was closed (| head),
+74 the output could not be written (a full disk)
 `;
 
 /** Runs the CLI with `argv` (without `node` and the script); resolves with the exit code. */
@@ -190,9 +194,27 @@ async function watchCli(
     // drove the operator's terminal (retitled it, cleared it, …) as printed.
     io.stderr.write(`finishline: ${printable(message)}\n`);
   };
+  // An upgrade answered with a redirect or a client error (404 on a wrong path; 400 or 426 from an HTTP
+  // endpoint that is not the WebSocket one) will be answered so again. The client retries it as any failed
+  // attempt (its documented behaviour), and until 8 December 2026 so did the CLI, for ever without
+  // --timeout-ms: `finishline watch … && next` hung. It gives up on it (exit 4). 408 and 429 say "later",
+  // and 5xx (a 502 or 503 during a deploy), like a refused connection (a server down), are still retried.
+  // (401 and 403 end the client already. Node's built-in WebSocket tells no status: retried.)
+  const stopWatch = new AbortController();
+  let wrongEndpoint: string | undefined;
   // Connection problems are reported, and the client goes on retrying until the deadline.
   // The same problem again is said again: the client is still retrying.
   client.on('error', (error) => {
+    const refused = isProgressError(error, ErrorCode.Unreachable)
+      ? describeSocketError({ error: error.cause })
+      : undefined;
+    const status = refused?.status;
+    if (status !== undefined && status >= 300 && status < 500 && status !== 408 && status !== 429) {
+      // Without the URL's query string, which may hold a token (as the client's own message leaves it out).
+      wrongEndpoint ??= `cannot watch task ${taskId}: ${url.split('?', 1)[0]} is not the server's WebSocket endpoint: ${refused?.detail}`;
+      stopWatch.abort();
+      return;
+    }
     if (error.message === reported || !repeats(error.message)) report(error.message);
   });
   let printed = '';
@@ -236,7 +258,7 @@ async function watchCli(
   try {
     const state = await watch.done({
       ...(timeoutMs === undefined ? {} : { timeoutMs }),
-      ...(io.signal === undefined ? {} : { signal: io.signal }),
+      signal: io.signal === undefined ? stopWatch.signal : AbortSignal.any([io.signal, stopWatch.signal]),
     });
     io.stdout.write(
       json
@@ -250,8 +272,9 @@ async function watchCli(
     // Stopped by a signal, the wait's own error ("watch.done: the wait for task … was aborted") named the
     // library's API, and "aborted" read as the task's end: the CLI only stops watching, cancels nothing.
     // --timeout-ms likewise ("watch.done: task … did not finish within … ms").
-    const timedOut = isProgressError(error, ErrorCode.Timeout);
+    const timedOut = wrongEndpoint === undefined && isProgressError(error, ErrorCode.Timeout);
     const stoppedBy =
+      wrongEndpoint === undefined &&
       !timedOut &&
       cliIo.signal?.aborted === true &&
       (cliIo.signal.reason === 'SIGTERM' ? 'SIGTERM' : 'Ctrl-C');
@@ -261,7 +284,9 @@ async function watchCli(
         : stoppedBy
           ? `stopped watching task ${taskId} (${stoppedBy})`
           : undefined;
-    if (gaveUp !== undefined) report(`${gaveUp}: only the watch stopped, the task was not cancelled`);
+    // A wrong URL: exit 4, said once (not the aborted wait's error).
+    if (wrongEndpoint !== undefined) report(wrongEndpoint);
+    else if (gaveUp !== undefined) report(`${gaveUp}: only the watch stopped, the task was not cancelled`);
     else if (!repeats((error as Error).message)) report((error as Error).message);
     if (lineOpen) io.stdout.write('\n');
     // Refused for want of a credential when none was given: the client's message says what the server

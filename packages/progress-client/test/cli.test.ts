@@ -1,7 +1,12 @@
 import { execFileSync } from 'node:child_process';
 import { readFileSync, realpathSync } from 'node:fs';
 import type { Server } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import {
+  type AddressInfo,
+  createServer as createNetServer,
+  type Server as NetServer,
+  type Socket,
+} from 'node:net';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import type { TaskEvent, TaskView } from '@finishline/core';
@@ -30,6 +35,28 @@ async function listen(auth: Omit<ProgressServerOptions, 'store'>) {
   servers.push(server);
   const { port } = (server.httpServer as Server).address() as AddressInfo;
   return { server, url: `ws://127.0.0.1:${port}/progress` };
+}
+
+/** The TCP servers of {@link rawServer}, and their connections (a server's close waits for them). */
+const rawServers: NetServer[] = [];
+const rawSockets = new Set<Socket>();
+afterEach(async () => {
+  for (const socket of rawSockets) socket.destroy();
+  await Promise.all(
+    rawServers.splice(0).map((raw) => new Promise<void>((resolve) => raw.close(() => resolve()))),
+  );
+});
+
+/** A TCP server that answers every connection with `answer` (a raw HTTP response): its ws:// origin. */
+async function rawServer(answer: (socket: Socket) => void): Promise<string> {
+  const raw = createNetServer((socket) => {
+    rawSockets.add(socket);
+    socket.on('close', () => rawSockets.delete(socket));
+    answer(socket);
+  });
+  rawServers.push(raw);
+  await new Promise<void>((resolve) => raw.listen(0, '127.0.0.1', resolve));
+  return `ws://127.0.0.1:${(raw.address() as AddressInfo).port}`;
 }
 
 /** A real server with bearer tokens: the token is the user id. */
@@ -223,6 +250,62 @@ describe('finishline watch <url> <taskId> against a real server', () => {
       'finishline: no credential was given: pass --token <t> (or set FINISHLINE_TOKEN), or --header "cookie: …" (or set FINISHLINE_HEADERS)',
     );
   }, 10_000);
+
+  // Review of 8 December 2026: an upgrade the server answers with a client error (404 on a wrong path, 400
+  // or 426 from an HTTP endpoint that is not the WebSocket one) will be answered so again, and the CLI
+  // retried it for ever without --timeout-ms: `finishline watch … && next` in a script hung.
+  it('exits 4 for a URL that is not the WebSocket endpoint (HTTP 404, 400, 426 at the upgrade), instead of retrying for ever', async () => {
+    const { url } = await start();
+    const wrongPath = url.replace(/\/progress$/, '/progres');
+    const upgradeAnsweredWith = (status: number) =>
+      rawServer((socket) => socket.end(`HTTP/1.1 ${status} No\r\nConnection: close\r\n\r\n`));
+    const cases: [string, string][] = [
+      [wrongPath, 'HTTP 404'],
+      [`${await upgradeAnsweredWith(400)}/progress?access_token=s3cret-tok`, 'HTTP 400'],
+      [`${await upgradeAnsweredWith(426)}/progress`, 'HTTP 426'],
+    ];
+    for (const [target, status] of cases) {
+      const run = io();
+      const stop = new AbortController();
+      const exit = runCli(['watch', target, 't1', '--token', 'ops'], { ...run.io, signal: stop.signal });
+      const result = await Promise.race([
+        exit,
+        new Promise((resolve) => setTimeout(() => resolve('still running after 8 s'), 8000)),
+      ]);
+      stop.abort();
+      await exit;
+      expect(result, target).toBe(CLI_EXIT_CODES.watchFailed);
+      const last = run.err.join('').trim().split('\n').at(-1) ?? '';
+      expect(last).toContain(
+        `finishline: cannot watch task t1: ${target.split('?')[0]} is not the server's WebSocket endpoint`,
+      );
+      expect(last).toContain(`the server answered the WebSocket upgrade with ${status}`);
+      expect(last).not.toContain('Retrying');
+      expect(run.err.join('')).not.toContain('s3cret-tok');
+    }
+  }, 30_000);
+
+  it('keeps retrying a server that answers the upgrade with 503 (a deploy) or refuses the connection (down)', async () => {
+    const unavailable = await rawServer((socket) =>
+      socket.end('HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\n\r\n'),
+    );
+    for (const target of [`${unavailable}/progress`, 'ws://127.0.0.1:1/progress']) {
+      const run = io();
+      const stop = new AbortController();
+      const exit = runCli(['watch', target, 't1', '--token', 'ops'], { ...run.io, signal: stop.signal });
+      let exited = false;
+      void exit.then(() => {
+        exited = true;
+      });
+      // Until the connection problem has been reported twice: the client went on retrying after it.
+      for (let tries = 0; tries < 200 && run.err.length < 2 && !exited; tries++)
+        await new Promise((resolve) => setTimeout(resolve, 50));
+      expect(exited, target).toBe(false);
+      expect(run.err.join(''), target).toContain('Retrying in');
+      stop.abort();
+      expect(await exit).toBe(CLI_EXIT_CODES.stopped);
+    }
+  }, 30_000);
 
   it("ends the server's wait for a token, by default, well before the client's wait for hello: a watch without a token exits 4 instead of retrying for ever", () => {
     // At 10 s each, the client's deadline (started before the upgrade) ran out first: it reconnected and
