@@ -515,10 +515,11 @@ describe('token renewal: the re-check window', () => {
     held: { promise: Promise<void> },
     overrides: Pick<
       ProgressServerOptions,
-      'maxQueuedFrames' | 'maxQueuedBytes' | 'maxQueuedBytesPerPrincipal'
+      'maxQueuedFrames' | 'maxQueuedBytes' | 'maxQueuedBytesPerPrincipal' | 'heartbeatIntervalMs'
     > = {},
   ): Promise<TestServer> {
     return session.start({
+      heartbeatIntervalMs: 60_000,
       ...overrides,
       authenticate: () => null,
       authenticateToken: (token): Scoped | null => {
@@ -531,7 +532,6 @@ describe('token renewal: the re-check window', () => {
         if (scope !== 'all') await held.promise;
         return task.owner === principal.id && scope !== 'none';
       },
-      heartbeatIntervalMs: 60_000,
     });
   }
 
@@ -579,6 +579,25 @@ describe('token renewal: the re-check window', () => {
     const { task, client } = await watching(server, 'alice:300:all');
     const from = await renew(client, 'alice:60000:none');
     await sleep(350); // past the replaced credential's expiry, the re-check still running
+    await expectRefusedOnceChecked({ task, client }, held, from);
+  });
+
+  // A heartbeat during the re-check still names the task (left out, rule 6 has the client subscribe again,
+  // a read and a check more for a task that may be refused anyway; held back, a long re-check starved the
+  // client's silence deadline), but only at the seq sent before the renewal, under the credential it
+  // replaced: nothing the task did meanwhile is told, not even its seq.
+  it('names a task under re-check in heartbeats only at the seq sent before the renewal', async () => {
+    const held = gate();
+    const { server } = await startScoped(held, { heartbeatIntervalMs: 20 });
+    const { task, client } = await watching(server, 'alice:60000:all');
+    await task.progress({ done: 1 });
+    await client.next(isEventAt(1));
+    const from = await renew(client, 'alice:60000:none');
+    await task.progress({ done: 2 });
+    await task.progress({ done: 3 });
+    const heartbeats = () => client.frames.slice(from).filter((frame) => frame.type === 'heartbeat');
+    await client.next(() => heartbeats().length >= 3);
+    for (const heartbeat of heartbeats()) expect(heartbeat).toMatchObject({ seqs: { [task.id]: 1 } });
     await expectRefusedOnceChecked({ task, client }, held, from);
   });
 
