@@ -41,6 +41,11 @@ export interface GateHost<P extends Principal> {
   helloReady(): Promise<void> | undefined;
   /** Handles a frame that waited for the first `auth` frame's check, or for the `hello` (see `helloReady`). */
   replay(frame: DecodeResult<ClientFrame>): void;
+  /**
+   * Takes a token of the socket's frame budget for a renewal that arrived over it, waiting for the budget
+   * to refill; `false` once `wanted` says the renewal is no longer to be checked (see `FrameBudget.waitForToken`).
+   */
+  payRenewal(wanted: () => boolean): Promise<boolean>;
   /** The credential was renewed for the same principal: answer `hello` and re-check subscriptions. */
   renewed(principal: P): void;
   close(code: number, reason: string): void;
@@ -75,7 +80,7 @@ export class AuthGate<P extends Principal> {
    * The token of a renewal that arrived while another `auth` frame was being checked: checked next. Only
    * the newest waits (each paid its frame's rate-limit token), so at most one token is held.
    */
-  #nextRenewal: string | undefined;
+  #nextRenewal: { token: string; paid: boolean } | undefined;
   /** Counts the token checks: an answer of one given up on (see {@link renew}) is no answer any more. */
   #checks = 0;
   /** Gives up on a renewal's token check after `upgradeTimeoutMs` (see {@link renew}). */
@@ -174,14 +179,27 @@ export class AuthGate<P extends Principal> {
    * request and a subscribe's `authorize`) is given up on: `timeout`, the socket keeps its credential, and
    * the next renewal is checked. Unbounded, one hung call (an auth backend down) held every later renewal
    * behind it for ever, and the socket ended at its credential's expiry however often the client renewed.
+   *
+   * `paid`: the frame took its rate-limit token. One that arrived over the frame budget is not dropped
+   * but waits for a token before its check (within the same `upgradeTimeoutMs`): an `auth` carries no
+   * `id`, so its `rate_limited` named nothing, the same error as a refused `ack` or `ping`; the client
+   * could not tell its renewal was refused, and a tab-sharing leader took the next renewal's `hello` for
+   * its answer, putting in force a token the server never checked. At most two wait, as above.
    */
-  renew(token: string): void {
+  renew(token: string, paid = true): void {
     if (this.#checking) {
-      this.#nextRenewal = token;
+      this.#nextRenewal = { token, paid };
       return;
     }
+    // The number `#check` gives this check (read by `lookup` before `#check` returns).
+    const mine = this.#checks + 1;
     // Not refused for the address's failed attempts, only charged when it fails (see `fromRenewal`).
-    const lookup = () => this.#host.auth.fromRenewal(token, this.#host.request);
+    const lookup = async (): Promise<P | undefined> => {
+      // No hook runs for a renewal given up on (its `timeout` sent) or a socket that closed meanwhile.
+      const wanted = () => this.#checks === mine && this.#host.state() === 'open';
+      if (!paid && !(await this.#host.payRenewal(wanted))) return undefined;
+      return this.#host.auth.fromRenewal(token, this.#host.request);
+    };
     const check = this.#check(lookup, (principal) => {
       if (this.#host.state() !== 'open') return;
       if (principal === undefined || principal.id !== (this.#principal as P).id) {
@@ -230,7 +248,7 @@ export class AuthGate<P extends Principal> {
   #renewNext(): void {
     const next = this.#nextRenewal;
     this.#nextRenewal = undefined;
-    if (next !== undefined && this.#host.state() === 'open') this.renew(next);
+    if (next !== undefined && this.#host.state() === 'open') this.renew(next.token, next.paid);
   }
 
   /**

@@ -171,6 +171,7 @@ export class Connection<P extends Principal> {
       // Version 1's hello carries no epoch.
       helloReady: () => (version >= 2 ? ctx.epoch.firstRead : undefined),
       replay: (frame) => this.#onDecoded(frame),
+      payRenewal: (wanted) => this.#budget.waitForToken(wanted),
       renewed: (renewed) => {
         this.#sendHello();
         void this.#subs.recheck(renewed).catch((error: unknown) => this.#internalError(error));
@@ -353,6 +354,15 @@ export class Connection<P extends Principal> {
     // server pushing the task's frames for the rest of its life: its error names no task, and a client
     // drops errors about tasks it left. Anything else (repeated or bogus acks, an unsubscribe of a task
     // the socket does not follow) pays one token.
+    if (frame.type === 'auth' && this.#version >= 2) {
+      // A renewal over the budget is not dropped: an `auth` has no `id`, so its `rate_limited` named
+      // nothing (the same error as a refused `ack`'s or `ping`'s), and the client could not tell its
+      // renewal was refused. It waits for a token instead (see `AuthGate.renew`), answered as any
+      // renewal is; its refusal still counts towards the streak that closes a flooding socket (4008).
+      const paid = this.#take(undefined);
+      if (this.#state === 'open') this.#gate.renew(frame.token, paid);
+      return;
+    }
     const free =
       (frame.type === 'ack' && this.#subs.ackAdvances(frame)) ||
       (frame.type === 'unsubscribe' && this.#subs.get(frame.taskId) !== undefined);
@@ -366,11 +376,11 @@ export class Connection<P extends Principal> {
    * frame with `internal` naming it by `refs`, as a ping's pong read does. Left to the guard, the error
    * carried no `requestId`, and the client could not match it to its request.
    */
-  #take(refs: FrameRefs): boolean {
+  #take(refs: FrameRefs | undefined): boolean {
     try {
       return this.#budget.take(refs);
     } catch (error) {
-      this.#internalError(error, refs.requestId, refs.taskId);
+      this.#internalError(error, refs?.requestId, refs?.taskId);
       return false;
     }
   }

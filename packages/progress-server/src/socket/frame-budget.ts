@@ -9,6 +9,7 @@ import { CloseCode, ErrorCode } from '@finishline/core';
 import type { ServerMetrics } from '../metrics.js';
 import type { ResolvedServerOptions } from '../options.js';
 import type { PrincipalLimits } from '../principal-limits.js';
+import { delay } from '../wait.js';
 import { TokenBucket } from './rate-limiter.js';
 import type { FrameRefs, SocketWriter } from './socket-writer.js';
 
@@ -67,9 +68,10 @@ export class FrameBudget {
 
   /**
    * Takes one rate-limit token; on refusal answers every refused frame (its error carrying `refs`) and
-   * closes a persistent flooder.
+   * closes a persistent flooder. `refs` `undefined`: a refusal is counted (towards that close) but not
+   * answered, for a frame the caller does not drop (an `auth` renewal, which waits: see {@link waitForToken}).
    */
-  take(refs: FrameRefs): boolean {
+  take(refs: FrameRefs | undefined): boolean {
     const { options, metrics } = this.#ctx;
     // The socket's own budget first, then its principal's, shared with the principal's other sockets. A
     // refused frame costs neither: its own token is taken only once the principal's budget accepted it.
@@ -99,7 +101,7 @@ export class FrameBudget {
       this.#refused >= options.maxRateLimitViolations * options.rateLimitBurst
     ) {
       this.#ctx.close(CloseCode.RateLimited, 'rate limit exceeded');
-    } else {
+    } else if (refs !== undefined) {
       // Every refused frame is answered, so a client never waits for the reply to a request that was
       // dropped. No amplification: one small frame per refused one, and a streak of
       // `maxRateLimitViolations` counted violations closes the socket.
@@ -115,6 +117,26 @@ export class FrameBudget {
       );
     }
     return false;
+  }
+
+  /**
+   * Takes one token of the socket's and its principal's budgets, waiting for them to refill when either
+   * is empty; `false`, taking none, once `wanted` says the frame is no longer to be handled (the socket
+   * closed, or its check was given up on). Refusals while waiting are not counted: the frame's one was.
+   */
+  async waitForToken(wanted: () => boolean): Promise<boolean> {
+    const { options, limits } = this.#ctx;
+    const pollMs = Math.ceil(
+      1000 / Math.min(options.rateLimitPerSecond, options.rateLimitPerPrincipalPerSecond),
+    );
+    for (;;) {
+      if (!wanted()) return false;
+      if (this.#bucket.tokens >= 1 && limits.takeFrame(this.#ctx.principalId())) {
+        this.#bucket.tryTake();
+        return true;
+      }
+      await delay(pollMs);
+    }
   }
 
   /** An invalid frame: answered, counted, and the socket closes after `maxInvalidFrames` of them. */

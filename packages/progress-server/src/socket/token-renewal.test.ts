@@ -419,7 +419,8 @@ describe('token renewal and the frame budget', () => {
     await vi.waitFor(() => expect(checks).toBe(9));
     await sleep(300);
     expect(checks).toBe(9);
-    // A second renewal is refused for the budget (nothing more is read for it).
+    // A frame refused for the budget reads nothing (an `auth` with an `id`, a field it does not have: an
+    // invalid frame, answered `rate_limited` with that id; a valid renewal would wait for a token instead).
     client.send({ type: 'auth', token: 'token-alice', protocol: 2, id: 'again' } as never);
     await client.next((frame) => frame.type === 'error' && frame.code === 'rate_limited', { from });
     await sleep(100);
@@ -438,6 +439,44 @@ describe('token renewal and the frame budget', () => {
     expect(
       client.frames.slice(from).filter((frame) => frame.type === 'error' && frame.code !== 'rate_limited'),
     ).toEqual([]);
+  });
+});
+
+describe('token renewal over the frame budget', () => {
+  // Found by a review: an `auth` carries no `id`, so a renewal the budget dropped was answered by a
+  // `rate_limited` naming nothing, the very error a refused `ack` or `ping` gets. The client could not
+  // tell its renewal was refused (the socket then ended at the old credential's expiry), and a
+  // tab-sharing leader took the next renewal's `hello` for its answer, putting an unchecked token in force.
+  it('checks a renewal that arrived over the budget once a token is free, answered by hello, not an anonymous rate_limited', async () => {
+    const clock = new ManualClock();
+    let checks = 0;
+    await session.start({
+      authenticate: () => null,
+      authenticateToken: (token) => {
+        checks += 1;
+        return tokenAuth(token);
+      },
+      heartbeatIntervalMs: 60_000,
+      rateLimitBurst: 3,
+      rateLimitPerSecond: 5,
+      clock: clock.now,
+    });
+    const client = await authed('token-alice');
+    // The burst (3) spent on pings: the socket's budget is empty.
+    for (const id of ['p1', 'p2', 'p3']) client.send({ type: 'ping', id });
+    await client.next((frame) => frame.type === 'pong' && frame.requestId === 'p3');
+    const from = client.frames.length;
+    checks = 0;
+    client.send({ type: 'auth', token: 'token-alice', protocol: 2 });
+    await sleep(200);
+    // Not checked yet, and not refused either.
+    expect(checks).toBe(0);
+    expect(client.frames.slice(from)).toEqual([]);
+    // The budget refills: the renewal is checked and answered.
+    clock.advance(1000);
+    await client.next((frame) => frame.type === 'hello', { from });
+    expect(checks).toBe(1);
+    expect(client.frames.slice(from).filter((frame) => frame.type === 'error')).toEqual([]);
   });
 });
 
@@ -476,10 +515,11 @@ describe('token renewal: the re-check window', () => {
     held: { promise: Promise<void> },
     overrides: Pick<
       ProgressServerOptions,
-      'maxQueuedFrames' | 'maxQueuedBytes' | 'maxQueuedBytesPerPrincipal'
+      'maxQueuedFrames' | 'maxQueuedBytes' | 'maxQueuedBytesPerPrincipal' | 'heartbeatIntervalMs'
     > = {},
   ): Promise<TestServer> {
     return session.start({
+      heartbeatIntervalMs: 60_000,
       ...overrides,
       authenticate: () => null,
       authenticateToken: (token): Scoped | null => {
@@ -492,7 +532,6 @@ describe('token renewal: the re-check window', () => {
         if (scope !== 'all') await held.promise;
         return task.owner === principal.id && scope !== 'none';
       },
-      heartbeatIntervalMs: 60_000,
     });
   }
 
@@ -540,6 +579,25 @@ describe('token renewal: the re-check window', () => {
     const { task, client } = await watching(server, 'alice:300:all');
     const from = await renew(client, 'alice:60000:none');
     await sleep(350); // past the replaced credential's expiry, the re-check still running
+    await expectRefusedOnceChecked({ task, client }, held, from);
+  });
+
+  // A heartbeat during the re-check still names the task (left out, rule 6 has the client subscribe again,
+  // a read and a check more for a task that may be refused anyway; held back, a long re-check starved the
+  // client's silence deadline), but only at the seq sent before the renewal, under the credential it
+  // replaced: nothing the task did meanwhile is told, not even its seq.
+  it('names a task under re-check in heartbeats only at the seq sent before the renewal', async () => {
+    const held = gate();
+    const { server } = await startScoped(held, { heartbeatIntervalMs: 20 });
+    const { task, client } = await watching(server, 'alice:60000:all');
+    await task.progress({ done: 1 });
+    await client.next(isEventAt(1));
+    const from = await renew(client, 'alice:60000:none');
+    await task.progress({ done: 2 });
+    await task.progress({ done: 3 });
+    const heartbeats = () => client.frames.slice(from).filter((frame) => frame.type === 'heartbeat');
+    await client.next(() => heartbeats().length >= 3);
+    for (const heartbeat of heartbeats()) expect(heartbeat).toMatchObject({ seqs: { [task.id]: 1 } });
     await expectRefusedOnceChecked({ task, client }, held, from);
   });
 
