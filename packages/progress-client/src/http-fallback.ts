@@ -6,7 +6,7 @@ import { decodeServerText } from './frame-check.js';
 import { sendAck } from './http-ack.js';
 import { errorFromResponse, readField, retryDelayMs } from './http-errors.js';
 import { FATAL_TASK_ERRORS, type TaskSubscription } from './task-subscription.js';
-import { Timeout, type TimerSet } from './timers.js';
+import { noop, Timeout, type TimerSet } from './timers.js';
 import type { FallbackOptions, FetchLike, HttpCredentials, TokenSource } from './transport-types.js';
 
 /**
@@ -164,12 +164,13 @@ export class HttpApi {
           given,
         ]);
         status = response.status;
-        text = await Promise.race([response.text(), given]);
+        text = await Promise.race([readBody(response), given]);
         if (response.ok) return JSON.parse(text);
       } catch (cause) {
         if (deadline.signal.aborted) throw await given.catch((error: unknown) => error);
+        // `frame_too_large` for an answer larger than the server sends (`readBody`), else `store_unavailable`.
         throw new ProgressError(
-          ErrorCode.StoreUnavailable,
+          cause === ErrorCode.FrameTooLarge ? cause : ErrorCode.StoreUnavailable,
           `HTTP request for task ${taskId} failed${status === 0 ? '' : ` (status ${status})`}`,
           { cause, taskId },
         );
@@ -185,6 +186,32 @@ export class HttpApi {
     // every poll was refused and reported on the watch, with backoff, for ever.
     if (error.code === ErrorCode.TokenExpired && !renewed) return this.#get(taskId, path, true);
     throw error;
+  }
+}
+
+/**
+ * The body of an answer, refused (`frame_too_large`) past the largest the server sends: a page of 100 events
+ * (the route's default `limit`, which the client never changes) and its task, each at most `maxFrameBytes`
+ * (protocol.md, HTTP API and Limits), 13 MB. A proxy answering 200 with an endless body (or a huge one) had
+ * the page read it all, its memory growing until `connectTimeoutMs`; until 8 December 2026 nothing bounded
+ * it. Counted as it arrives (its read then given up), a stated `content-length` or not.
+ */
+async function readBody(response: Awaited<ReturnType<FetchLike>>): Promise<string> {
+  const reader = response.body?.getReader();
+  if (!reader) return response.text();
+  // (`BlobPart`: what a `fetch` streams is bytes of an `ArrayBuffer`.)
+  const chunks: BlobPart[] = [];
+  let size = 0;
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) return new Blob(chunks).text();
+    chunks.push(value as BlobPart);
+    size += value.length;
+    // (A literal: 101 × 128 KiB. Thrown as the code alone, which `#get` makes the error.)
+    if (size > 13_238_272) {
+      reader.cancel().catch(noop);
+      throw ErrorCode.FrameTooLarge;
+    }
   }
 }
 
