@@ -168,9 +168,10 @@ export class HttpApi {
         if (response.ok) return JSON.parse(text);
       } catch (cause) {
         if (deadline.signal.aborted) throw await given.catch((error: unknown) => error);
-        // `frame_too_large` for an answer larger than the server sends (`readBody`), else `store_unavailable`.
+        // (An answer larger than the server sends: `store_unavailable` too, as a captive portal's page is,
+        // its `cause` `frame_too_large` from `readBody`. Its own code did not fit the entry's budget.)
         throw new ProgressError(
-          cause === ErrorCode.FrameTooLarge ? cause : ErrorCode.StoreUnavailable,
+          ErrorCode.StoreUnavailable,
           `HTTP request for task ${taskId} failed${status === 0 ? '' : ` (status ${status})`}`,
           { cause, taskId },
         );
@@ -190,9 +191,9 @@ export class HttpApi {
 }
 
 /**
- * The body of an answer, refused (`frame_too_large`) past the largest the server sends: a page of 100 events
+ * The body of an answer, refused (thrown: `frame_too_large`) past the largest the server sends: a page of 100 events
  * (the route's default `limit`, which the client never changes) and its task, each at most `maxFrameBytes`
- * (protocol.md, HTTP API and Limits), 13 MB. A proxy answering 200 with an endless body (or a huge one) had
+ * (protocol.md, HTTP API and Limits), 13 MB; past 16 MiB. A proxy answering 200 with an endless body (or a huge one) had
  * the page read it all, its memory growing until `connectTimeoutMs`; until 8 December 2026 nothing bounded
  * it. Counted as it arrives (its read then given up), a stated `content-length` or not.
  */
@@ -207,8 +208,9 @@ async function readBody(response: Awaited<ReturnType<FetchLike>>): Promise<strin
     if (done) return new Blob(chunks).text();
     chunks.push(value as BlobPart);
     size += value.length;
-    // (A literal: 101 × 128 KiB. Thrown as the code alone, which `#get` makes the error.)
-    if (size > 13_238_272) {
+    // (16 MiB, a literal: more than 101 × 128 KiB, the largest answer. Thrown as the code alone, the cause of
+    // the error `#get` makes.)
+    if (size > 2 ** 24) {
       reader.cancel().catch(noop);
       throw ErrorCode.FrameTooLarge;
     }
