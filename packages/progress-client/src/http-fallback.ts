@@ -312,7 +312,13 @@ class HttpPoller implements HttpFallbackRuntime {
   readonly #host: HttpHost;
   readonly #api: HttpApi;
   readonly #timer: Timeout;
-  #polling = false;
+  /**
+   * While polling, a new object for each start: a catch-up started under another (before the socket came
+   * back, or the watchdog's step before polling started) is superseded, and its late failure (a token
+   * function that failed after the stop, a request given up on) is reported on no watch. Until 8 December
+   * 2026 it reached the watch, the socket following it fine.
+   */
+  #polling: object | false = false;
   #failures = 0;
   /** Rounds started: a round that ends after the next one started leaves the schedule to that one. */
   #round = 0;
@@ -339,9 +345,9 @@ class HttpPoller implements HttpFallbackRuntime {
 
   start(): void {
     if (this.#polling) return;
-    this.#polling = true;
+    this.#polling = {};
     this.#failures = 0;
-    this.#timer.set(0, () => void this.#poll());
+    this.wake();
   }
 
   stop(): void {
@@ -360,6 +366,7 @@ class HttpPoller implements HttpFallbackRuntime {
   async catchUp(task: TaskSubscription): Promise<void> {
     if (task.httpBusy || task.failed || task.cursor.finished) return;
     const host = this.#host;
+    const polling = this.#polling;
     task.httpBusy = true;
     try {
       for (let page = 0; page < MAX_HTTP_PAGES && !task.cursor.finished; page++) {
@@ -424,7 +431,7 @@ class HttpPoller implements HttpFallbackRuntime {
               cause: error,
               taskId: task.taskId,
             });
-      if (!host.current(task)) return;
+      if (!host.current(task) || polling !== this.#polling) return;
       if (
         (problem.code === ErrorCode.Unauthenticated && !TOKEN_FAILURES.has(problem)) ||
         problem.code === ErrorCode.TokenExpired
