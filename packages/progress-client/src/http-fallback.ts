@@ -6,7 +6,7 @@ import { decodeServerText } from './frame-check.js';
 import { sendAck } from './http-ack.js';
 import { errorFromResponse, readField, retryDelayMs } from './http-errors.js';
 import { FATAL_TASK_ERRORS, type TaskSubscription } from './task-subscription.js';
-import { Timeout, type TimerSet } from './timers.js';
+import { noop, Timeout, type TimerSet } from './timers.js';
 import type { FallbackOptions, FetchLike, HttpCredentials, TokenSource } from './transport-types.js';
 
 /**
@@ -164,10 +164,12 @@ export class HttpApi {
           given,
         ]);
         status = response.status;
-        text = await Promise.race([response.text(), given]);
+        text = await Promise.race([readBody(response), given]);
         if (response.ok) return JSON.parse(text);
       } catch (cause) {
         if (deadline.signal.aborted) throw await given.catch((error: unknown) => error);
+        // (An answer larger than the server sends: `store_unavailable` too, as a captive portal's page is,
+        // its `cause` `frame_too_large` from `readBody`. Its own code did not fit the entry's budget.)
         throw new ProgressError(
           ErrorCode.StoreUnavailable,
           `HTTP request for task ${taskId} failed${status === 0 ? '' : ` (status ${status})`}`,
@@ -185,6 +187,33 @@ export class HttpApi {
     // every poll was refused and reported on the watch, with backoff, for ever.
     if (error.code === ErrorCode.TokenExpired && !renewed) return this.#get(taskId, path, true);
     throw error;
+  }
+}
+
+/**
+ * The body of an answer, refused (thrown: `frame_too_large`) past the largest the server sends: a page of 100 events
+ * (the route's default `limit`, which the client never changes) and its task, each at most `maxFrameBytes`
+ * (protocol.md, HTTP API and Limits), 13 MB; past 16 MiB. A proxy answering 200 with an endless body (or a huge one) had
+ * the page read it all, its memory growing until `connectTimeoutMs`; until 8 December 2026 nothing bounded
+ * it. Counted as it arrives (its read then given up), a stated `content-length` or not.
+ */
+async function readBody(response: Awaited<ReturnType<FetchLike>>): Promise<string> {
+  const reader = response.body?.getReader();
+  if (!reader) return response.text();
+  // (`BlobPart`: what a `fetch` streams is bytes of an `ArrayBuffer`.)
+  const chunks: BlobPart[] = [];
+  let size = 0;
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) return new Blob(chunks).text();
+    chunks.push(value as BlobPart);
+    size += value.length;
+    // (16 MiB, a literal: more than 101 × 128 KiB, the largest answer. Thrown as the code alone, the cause of
+    // the error `#get` makes.)
+    if (size > 2 ** 24) {
+      reader.cancel().catch(noop);
+      throw ErrorCode.FrameTooLarge;
+    }
   }
 }
 
@@ -283,7 +312,13 @@ class HttpPoller implements HttpFallbackRuntime {
   readonly #host: HttpHost;
   readonly #api: HttpApi;
   readonly #timer: Timeout;
-  #polling = false;
+  /**
+   * While polling, a new object for each start: a catch-up started under another (before the socket came
+   * back, or the watchdog's step before polling started) is superseded, and its late failure (a token
+   * function that failed after the stop, a request given up on) is reported on no watch. Until 8 December
+   * 2026 it reached the watch, the socket following it fine.
+   */
+  #polling: object | false = false;
   #failures = 0;
   /** Rounds started: a round that ends after the next one started leaves the schedule to that one. */
   #round = 0;
@@ -310,9 +345,9 @@ class HttpPoller implements HttpFallbackRuntime {
 
   start(): void {
     if (this.#polling) return;
-    this.#polling = true;
+    this.#polling = {};
     this.#failures = 0;
-    this.#timer.set(0, () => void this.#poll());
+    this.wake();
   }
 
   stop(): void {
@@ -331,6 +366,7 @@ class HttpPoller implements HttpFallbackRuntime {
   async catchUp(task: TaskSubscription): Promise<void> {
     if (task.httpBusy || task.failed || task.cursor.finished) return;
     const host = this.#host;
+    const polling = this.#polling;
     task.httpBusy = true;
     try {
       for (let page = 0; page < MAX_HTTP_PAGES && !task.cursor.finished; page++) {
@@ -395,7 +431,7 @@ class HttpPoller implements HttpFallbackRuntime {
               cause: error,
               taskId: task.taskId,
             });
-      if (!host.current(task)) return;
+      if (!host.current(task) || polling !== this.#polling) return;
       if (
         (problem.code === ErrorCode.Unauthenticated && !TOKEN_FAILURES.has(problem)) ||
         problem.code === ErrorCode.TokenExpired

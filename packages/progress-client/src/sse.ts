@@ -195,7 +195,11 @@ function sseWire(host: FallbackHost, fetchImpl: StreamingFetch | undefined): Fal
           // and asked again with backoff, for ever.
           return refusal.code === ErrorCode.TokenExpired && !renewed ? follow(epoch, true) : end(refusal);
         }
-        if (!response.ok || !response.body) return end();
+        // Its reader taken first, which `end` cancels: a `fetch` of the application's that ignores its signal
+        // went on receiving what is no stream (a captive portal's page, below), its connection held. Until
+        // 8 December 2026 that body was never cancelled. So too a refusal's without a status.
+        // biome-ignore lint/suspicious/noAssignInExpressions: the SSE entry's budget (1,716 B) has no byte for more.
+        if (!(reader = response.body?.getReader()) || !response.ok) return end();
         // A 200 of something else (a captive portal's or an SPA's HTML page for every path) is a failed
         // open, backed off, not a stream that was served and cut: that one is reopened within a second, for
         // ever, by every watch of the page. Reported on the watch, as HTTP polling reports such a page
@@ -203,7 +207,6 @@ function sseWire(host: FallbackHost, fetchImpl: StreamingFetch | undefined): Fal
         if (response.headers?.get('content-type')?.includes('event-stream') === false)
           return end(errorFromResponse(taskId, 200));
         answered = true;
-        reader = response.body.getReader();
         const decoder = new TextDecoder();
         let buffer = '';
         // Until its watch's end is applied: the stream is over then, whether or not its body ends (the server
@@ -260,10 +263,13 @@ function sseWire(host: FallbackHost, fetchImpl: StreamingFetch | undefined): Fal
         }
       };
       void follow(task.epoch)
+        // Not once the stream ended (stopped: the socket back, its watch's stream started over): a token
+        // function that failed after that reported it on the watch, which that attempt no longer served
+        // (until 8 December 2026).
         // A token function that failed (or returned no credential) is reported on the watch, as the socket
         // reports it on the client: until 6 December 2026 the stream was asked for again and again without a
         // word. Anything else (no answer, a cut) is a failed open or a cut, as a socket's is.
-        .catch((error) => error instanceof ProgressError && task.task.emitError(error))
+        .catch((error) => !ended && error instanceof ProgressError && task.task.emitError(error))
         // (`finally` passes no argument: an end with no refusal, as `end()`.)
         .finally(end);
       return end;

@@ -59,6 +59,11 @@ export type FetchLike = (
    * captive portal's HTML page) is sent again. Without them every answer below 500 is taken for the server's.
    */
   headers?: { get(name: string): string | null };
+  /**
+   * The body as a stream (`fetch` has it): the HTTP fallback reads its answers from it, refusing one past
+   * the largest the server sends. Without it, `text()` reads the answer whole.
+   */
+  body?: ReadableStream<Uint8Array> | null;
 }>;
 
 /** The `credentials` mode of HTTP requests (as in `fetch`). */
