@@ -440,7 +440,8 @@ async function capacity(count) {
   try {
     const { ids } = await replica.request({ type: 'create', count: 1, items: 1 }, 'created');
     const taskId = ids[0];
-    const empty = await replica.request({ type: 'stats', gc: true }, 'stats');
+    // With PEERS_CPU_PROF_WINDOW, the replica's and this process's profiles cover the storm alone.
+    const empty = await replica.request({ type: 'stats', gc: true, profile: false }, 'stats');
     const start = now();
     try {
       for (let i = 0; i < count; i += 500) {
@@ -459,6 +460,7 @@ async function capacity(count) {
     result.connectSeconds = (now() - start) / 1000;
     await sleep(1000);
     const full = await replica.request({ type: 'stats', gc: true }, 'stats');
+    await toggleWindowProfile('host-storm');
     result.sockets = full.sockets;
     result.rssMbEmpty = empty.rssMb;
     result.rssMbFull = full.rssMb;
@@ -486,6 +488,7 @@ async function capacity(count) {
     result.stormAllResumedSeconds = seen() === watchers.length ? (now() - t0) / 1000 : null;
     result.stormResumed = seen();
     const afterStorm = await replica.request({ type: 'stats' }, 'stats');
+    await toggleWindowProfile('host-storm');
     result.stormCpuSeconds = afterStorm.cpuSeconds - cpuBefore;
     result.peakRssMb = afterStorm.peakRssMb;
     log(

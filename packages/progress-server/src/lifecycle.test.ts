@@ -1,9 +1,9 @@
 import { readFileSync } from 'node:fs';
-import type { Server } from 'node:http';
+import { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { MemoryProgressStore } from '@finishline/core';
 import { Registry } from 'prom-client';
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import { compareTsdocDefaults } from '../../../scripts/tsdoc-defaults.mjs';
 import { PROGRESS_SERVER_DEFAULTS } from './options.js';
 import { ProgressServer } from './progress-server.js';
@@ -223,7 +223,11 @@ describe('options', () => {
   it('exports the defaults of listen() beside those of close()', async () => {
     // `ListenOptions` documented its defaults, but its defaults object was the one the entry left out.
     const entry = await import('./index.js');
-    expect(entry.LISTEN_DEFAULTS).toEqual({ headersTimeoutMs: 10_000, requestTimeoutMs: 30_000 });
+    expect(entry.LISTEN_DEFAULTS).toEqual({
+      headersTimeoutMs: 10_000,
+      requestTimeoutMs: 30_000,
+      backlog: 4096,
+    });
     expect(Object.isFrozen(entry.LISTEN_DEFAULTS)).toBe(true);
   });
 
@@ -238,6 +242,34 @@ describe('options', () => {
       code: 'invalid_input',
       message: 'listen: port must be an integer from 0 to 65535, got 70000',
     });
+    await expect(ProgressServer.listen(options, { backlog: 0 })).rejects.toMatchObject({
+      code: 'invalid_input',
+      message: 'listen: backlog must be an integer from 1 to 65535, got 0',
+    });
+  });
+
+  it('listen() asks the kernel for a backlog of 4096 connections, or the one given', async () => {
+    // With Node's 511, the storm of 10,000 sockets reconnecting at once overflowed the accept queue: 10,134
+    // connections dropped in one run, each waiting 1 s or more for its TCP to send its SYN again, and
+    // the crowd resumed in 7.1 s against 4.5–5.6 s with 4096 (docs/benchmarks-history.md, session 48).
+    const original = Server.prototype.listen;
+    const backlogs: unknown[] = [];
+    const listen = vi.spyOn(Server.prototype, 'listen').mockImplementation(function (
+      this: Server,
+      ...args: unknown[]
+    ) {
+      backlogs.push((args[0] as { backlog?: unknown } | undefined)?.backlog);
+      return original.apply(this, args as never);
+    });
+    try {
+      const options = { store: new MemoryProgressStore(), authenticate: noAuth };
+      const byDefault = await ProgressServer.listen(options, { host: '127.0.0.1' });
+      const given = await ProgressServer.listen(options, { backlog: 100 });
+      await Promise.all([byDefault.close(), given.close()]);
+    } finally {
+      listen.mockRestore();
+    }
+    expect(backlogs).toEqual([4096, 100]);
   });
 
   it('refuses an Express app as `server`, naming the http.Server to pass instead', () => {

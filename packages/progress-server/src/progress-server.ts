@@ -78,10 +78,23 @@ export interface ListenOptions {
    * @default 30000
    */
   requestTimeoutMs?: number | undefined;
+  /**
+   * Connections the kernel may hold waiting for the server to accept them (`listen`'s backlog; Linux caps
+   * it at `net.core.somaxconn`, 4096 by default since 5.4). A connection past a full queue is dropped
+   * without a word, and the client's TCP sends its SYN again only after 1 s, then 3 s: with Node's 511,
+   * a crowd reconnecting at once (a replica's 10,000 sockets after a failover) waited whole seconds on
+   * those resends while the server sat idle. An integer from 1 to 65,535.
+   * @default 4096
+   */
+  backlog?: number | undefined;
 }
 
-/** The defaults of {@link ListenOptions} that bound slow clients. */
-export const LISTEN_DEFAULTS = Object.freeze({ headersTimeoutMs: 10_000, requestTimeoutMs: 30_000 });
+/** The defaults of {@link ListenOptions} that bound slow clients and let a reconnecting crowd queue. */
+export const LISTEN_DEFAULTS = Object.freeze({
+  headersTimeoutMs: 10_000,
+  requestTimeoutMs: 30_000,
+  backlog: 4096,
+});
 
 /**
  * One description per option of {@link ListenOptions}, and of {@link CloseOptions}: unknown keys are refused,
@@ -94,6 +107,7 @@ const LISTEN_OPTIONS = {
   httpBasePath: ofType<string>('a path', (value) => typeof value === 'string'),
   headersTimeoutMs: integer(LISTEN_DEFAULTS.headersTimeoutMs, 1, MAX_TIMER_MS),
   requestTimeoutMs: integer(LISTEN_DEFAULTS.requestTimeoutMs, 1, MAX_TIMER_MS),
+  backlog: integer(LISTEN_DEFAULTS.backlog, 1, 65_535),
 } satisfies { [K in keyof Required<ListenOptions>]: unknown };
 
 const CLOSE_OPTIONS = {
@@ -413,7 +427,8 @@ export class ProgressServer<P extends Principal = Principal> {
     try {
       await new Promise<void>((resolve, reject) => {
         httpServer.once('error', reject);
-        httpServer.listen(listenAt.port, listenAt.host, () => {
+        const { port, host, backlog } = listenAt;
+        httpServer.listen({ port, backlog, ...(host === undefined ? {} : { host }) }, () => {
           httpServer.off('error', reject);
           resolve();
         });

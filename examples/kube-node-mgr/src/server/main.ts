@@ -109,7 +109,9 @@ async function main(): Promise<void> {
   });
   await new Promise<void>((resolve, reject) => {
     app.server.once('error', reject);
-    app.server.listen(config.port, config.host, () => resolve());
+    // A backlog of 4096 (Node's default is 511): a replica's crowd reconnecting at once queues instead of
+    // being dropped and retried by TCP a second later (docs/operations.md, "The listen backlog").
+    app.server.listen({ port: config.port, host: config.host, backlog: 4096 }, () => resolve());
   });
   const address = app.server.address();
   const port = typeof address === 'object' && address !== null ? address.port : config.port;

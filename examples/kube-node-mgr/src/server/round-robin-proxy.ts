@@ -237,7 +237,8 @@ export class RoundRobinProxy {
   listen(port: number, host = '127.0.0.1'): Promise<string> {
     return new Promise((resolve, reject) => {
       this.#server.once('error', reject);
-      this.#server.listen(port, host, () => {
+      // Every browser of a failed replica comes back through here at once: queue them (see main.ts).
+      this.#server.listen({ port, host, backlog: 4096 }, () => {
         const address = this.#server.address() as net.AddressInfo;
         resolve(`http://${host === '0.0.0.0' ? 'localhost' : host}:${address.port}`);
       });
