@@ -82,8 +82,18 @@ async function finishline() {
       ...(process.env.PEER_DIAG_HEARTBEAT_MS
         ? { heartbeatIntervalMs: Number(process.env.PEER_DIAG_HEARTBEAT_MS) }
         : {}),
+      // PEER_DIAG_RECONNECTS_PER_SECOND (diagnostic): another reconnect pace in `hello`'s hint.
+      ...(process.env.PEER_DIAG_RECONNECTS_PER_SECOND
+        ? { reconnectsPerSecond: Number(process.env.PEER_DIAG_RECONNECTS_PER_SECOND) }
+        : {}),
     },
-    { port: 0, host: '127.0.0.1' },
+    // PEER_DIAG_BACKLOG (diagnostic): another listen backlog (511 is Node's default, the one before
+    // session 48), to see what the storm loses to connections the kernel drops.
+    {
+      port: 0,
+      host: '127.0.0.1',
+      ...(process.env.PEER_DIAG_BACKLOG ? { backlog: Number(process.env.PEER_DIAG_BACKLOG) } : {}),
+    },
   );
   const handles = new Map();
   return {
