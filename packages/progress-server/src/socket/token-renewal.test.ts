@@ -3,6 +3,7 @@ import { ErrorCode, PROTOCOL_NAME_V1, ProgressError } from '@finishline/core';
 import { ManualClock } from '@finishline/core/testing';
 import { describe, expect, it, vi } from 'vitest';
 import type { Principal } from '../auth.js';
+import { silentLogger } from '../logger.js';
 import type { ProgressServerOptions } from '../options.js';
 import {
   gate,
@@ -477,6 +478,44 @@ describe('token renewal over the frame budget', () => {
     await client.next((frame) => frame.type === 'hello', { from });
     expect(checks).toBe(1);
     expect(client.frames.slice(from).filter((frame) => frame.type === 'error')).toEqual([]);
+  });
+
+  // Review, 8 December 2026: the wait for a token reads the server's clock; one that threw there failed the
+  // renewal's check as if the token hook had, logged "authenticateToken hook threw", sending whoever read it
+  // after the application's auth backend while its clock was at fault, and no hook had run at all.
+  it('reports a clock that throws while a renewal waits for a token as the clock, not the token hook', async () => {
+    const clock = new ManualClock();
+    let clockThrows = false;
+    let checks = 0;
+    const errors: string[] = [];
+    await session.start({
+      authenticate: () => null,
+      authenticateToken: (token) => {
+        checks += 1;
+        return tokenAuth(token);
+      },
+      heartbeatIntervalMs: 60_000,
+      rateLimitBurst: 3,
+      rateLimitPerSecond: 5,
+      clock: () => {
+        if (clockThrows) throw new Error('clock broke');
+        return clock.now();
+      },
+      logger: { ...silentLogger, error: (_obj, msg) => errors.push(msg ?? '') },
+    });
+    const client = await authed('token-alice');
+    for (const id of ['p1', 'p2', 'p3']) client.send({ type: 'ping', id });
+    await client.next((frame) => frame.type === 'pong' && frame.requestId === 'p3');
+    checks = 0;
+    client.send({ type: 'auth', token: 'token-alice', protocol: 2 });
+    await sleep(50); // its token refused: it waits, polling the budget every 200 ms
+    clockThrows = true;
+    const closed = await client.closed;
+    clockThrows = false;
+    expect(closed.code).toBe(1011);
+    expect(checks).toBe(0);
+    expect(errors.filter((message) => message.includes('authenticateToken'))).toEqual([]);
+    expect(errors.some((message) => message.includes('frame budget'))).toBe(true);
   });
 });
 
