@@ -956,9 +956,14 @@ describe('token renewal: frames queued before it', () => {
   /**
    * A client of `alice:all` whose socket is taken above its high-water mark by a task's progress, the
    * task's last events queued behind it, renewed with `alice:<scope>` (whose `authorize` waits for `held`),
-   * then reading again while the re-check waits. Returns the task's last seq.
+   * then reading again while the re-check waits (heartbeats every `heartbeatIntervalMs`). Returns the
+   * task's last seq.
    */
-  async function queuedAtRenewal(scope: string, held: { promise: Promise<void> }) {
+  async function queuedAtRenewal(
+    scope: string,
+    held: { promise: Promise<void> },
+    heartbeatIntervalMs = 300_000,
+  ) {
     const env = await session.start({
       authenticate: () => null,
       authenticateToken: (token): Scoped | null => {
@@ -972,7 +977,7 @@ describe('token renewal: frames queued before it', () => {
         return task.owner === principal.id && principalScope !== 'none';
       },
       highWaterMarkBytes: 64 * 1024,
-      heartbeatIntervalMs: 300_000,
+      heartbeatIntervalMs,
       rateLimitPerSecond: 1_000_000,
       rateLimitBurst: 1_000_000,
       rateLimitPerPrincipalPerSecond: 1_000_000,
@@ -1019,6 +1024,32 @@ describe('token renewal: frames queued before it', () => {
       await client.next((frame) => frame.type === 'error' && frame.code === 'task_not_found');
       await client.sync();
       expect(client.frames.filter(atSeq(seq))).toEqual([]);
+    } finally {
+      held.open();
+      client.ws.terminate();
+    }
+  }, 30_000);
+
+  // Review, 8 December 2026: a heartbeat goes out only when nothing is queued, and what was queued waits for
+  // the re-check: once the client had read what was written before, it got nothing at all until the re-check
+  // ended (each task's `authorize` may take `upgradeTimeoutMs`, 10 s, in turn), and its silence deadline
+  // (twice the heartbeat interval, delivery rule 7) closed a socket that read all along. Heartbeats go on,
+  // naming each task at the seq of the last frame written, which the client has before the heartbeat.
+  it('goes on sending heartbeats while the queue waits for the re-check, at seqs the client has', async () => {
+    const held = gate();
+    const { client, seq } = await queuedAtRenewal('some', held, 2000);
+    try {
+      const from = client.frames.length;
+      const heartbeat = await client.next((frame) => frame.type === 'heartbeat', { from, timeoutMs: 5000 });
+      const received = client.frames
+        .slice(0, client.frames.indexOf(heartbeat))
+        .filter((frame) => frame.type === 'event' || frame.type === 'snapshot')
+        .map((frame) => (frame.type === 'event' ? seqOf(frame) : (frame.task as { seq: number }).seq));
+      const [taskId] = Object.keys(heartbeat.seqs as Record<string, number>);
+      expect((heartbeat.seqs as Record<string, number>)[taskId as string]).toBe(Math.max(...received));
+      expect(client.frames.filter(atSeq(seq))).toEqual([]);
+      held.open();
+      await client.next(atSeq(seq));
     } finally {
       held.open();
       client.ws.terminate();
