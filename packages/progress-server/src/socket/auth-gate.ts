@@ -64,6 +64,17 @@ export interface GateHost<P extends Principal> {
  */
 export const MAX_PENDING_BYTES_BEFORE_AUTH = 64 * 1024;
 
+/**
+ * A renewal's wait for a frame-budget token failed (see `GateHost.payRenewal`): a server fault, as a hook
+ * that throws is, but none of the hook's.
+ */
+class RenewalBudgetFailed extends Error {
+  constructor(cause: unknown) {
+    super("waiting for a renewal's frame budget token failed", { cause });
+    this.name = 'RenewalBudgetFailed';
+  }
+}
+
 /** setTimeout takes at most 2^31 - 1 ms; a later expiry is re-armed when that fires. */
 const MAX_TIMER_MS = 2_147_483_647;
 
@@ -197,7 +208,16 @@ export class AuthGate<P extends Principal> {
     const lookup = async (): Promise<P | undefined> => {
       // No hook runs for a renewal given up on (its `timeout` sent) or a socket that closed meanwhile.
       const wanted = () => this.#checks === mine && this.#host.state() === 'open';
-      if (!paid && !(await this.#host.payRenewal(wanted))) return undefined;
+      if (!paid) {
+        let took: boolean;
+        try {
+          took = await this.#host.payRenewal(wanted);
+        } catch (error) {
+          // The budget reads the server's clock: told apart from the hook's failure (see `#check`).
+          throw new RenewalBudgetFailed(error);
+        }
+        if (!took) return undefined;
+      }
       return this.#host.auth.fromRenewal(token, this.#host.request);
     };
     const check = this.#check(lookup, (principal) => {
@@ -328,10 +348,19 @@ export class AuthGate<P extends Principal> {
             return;
           }
           this.#host.metrics.handlerErrors.inc();
-          this.#host.logger.error(
-            { err: describeError(error), connection: this.#host.connectionId },
-            'authenticateToken hook threw',
-          );
+          if (error instanceof RenewalBudgetFailed) {
+            // No hook ran: the wait for a frame-budget token failed (the server's clock threw). Logged as
+            // the hook's failure, it sent whoever read it after the auth backend.
+            this.#host.logger.error(
+              { err: describeError(error.cause), connection: this.#host.connectionId },
+              "waiting for a renewal's frame budget token failed (the server's clock threw)",
+            );
+          } else {
+            this.#host.logger.error(
+              { err: describeError(error), connection: this.#host.connectionId },
+              'authenticateToken hook threw',
+            );
+          }
           this.#host.close(CloseCode.InternalError, 'authentication failed');
         }),
     );

@@ -249,9 +249,18 @@ export class Connection<P extends Principal> {
       // Only when everything queued went out, with the seq of the last frame sent per task: a client that
       // sees a seq above its cursor really lost a frame (no false alarm while a backlog drains or a
       // commit is still being read). A subscription still loading reports no more than what the client
-      // resumed from, so it never triggers a needless resync.
-      if (!this.#writer.idle) return;
-      this.#writer.send({ type: 'heartbeat', time: this.#options.clock(), seqs: this.#subs.heartbeatSeqs() });
+      // resumed from, so it never triggers a needless resync. Except while the queue waits for a renewal's
+      // re-check, which it never drains before: once the client read what was written, it got nothing at
+      // all until the re-check ended (each task's `authorize` may take `upgradeTimeoutMs`, in turn), and
+      // its silence deadline (delivery rule 7) closed a socket that read. Those heartbeats name each task at
+      // the seq of the last frame written, never of one still queued.
+      const held = this.#writer.queueHeld;
+      if (!this.#writer.idle && !held) return;
+      this.#writer.send({
+        type: 'heartbeat',
+        time: this.#options.clock(),
+        seqs: this.#subs.heartbeatSeqs(held),
+      });
     });
   }
 

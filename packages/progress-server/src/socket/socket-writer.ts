@@ -268,6 +268,11 @@ export class SocketWriter {
     if (this.#queue.size > 0 || this.#resets.size > 0) this.#queuedHeld = true;
   }
 
+  /** What is queued waits for a renewal's re-check (see {@link holdQueued}), and does not drain meanwhile. */
+  get queueHeld(): boolean {
+    return this.#queuedHeld;
+  }
+
   /** The re-check ended (see {@link holdQueued}): what waited drains. */
   releaseQueued(): void {
     if (!this.#queuedHeld) return;

@@ -80,6 +80,8 @@ export class Subscription implements WrittenLog {
   #freeAcks = 0;
   /** The `afterSeq` of the subscribe: the client already has everything up to it. */
   #claimed = 0;
+  /** The seq of the current stream's last frame written to this socket (0 before any). */
+  #lastWritten = 0;
   #terminalSeq: number | undefined;
   /** The encoded terminal frame, re-sent until acknowledged. */
   #terminalFrame: string | undefined;
@@ -123,6 +125,15 @@ export class Subscription implements WrittenLog {
   /** What a heartbeat reports: the client has at least what it resumed from and what was sent. */
   get heartbeatSeq(): number {
     return Math.max(this.#cursor, this.#claimed);
+  }
+
+  /**
+   * What a heartbeat reports while the socket's queue waits for a renewal's re-check (see
+   * `SocketWriter.holdQueued`): what was written, not what waits queued (`#cursor`), which the client
+   * has not got and would take for a lost frame (delivery rule 6).
+   */
+  get writtenHeartbeatSeq(): number {
+    return Math.max(this.#lastWritten, this.#claimed);
   }
 
   /**
@@ -324,6 +335,7 @@ export class Subscription implements WrittenLog {
     // The first frame after an epoch restart is its reset (the task's queue was dropped with the restart).
     this.#epochResetDue = false;
     if (seq > this.#written) this.#written = seq;
+    this.#lastWritten = seq;
     this.#freeAcks += 1;
   }
 
@@ -375,6 +387,7 @@ export class Subscription implements WrittenLog {
     this.#ackable = 0;
     this.#acked = 0;
     this.#claimed = 0;
+    this.#lastWritten = 0;
     if (this.#terminalSentAt !== undefined && !this.#terminalAcked) this.#ctx.metrics.unackedTerminals.dec();
     this.#terminalSeq = undefined;
     this.#terminalFrame = undefined;

@@ -92,9 +92,11 @@ export class Subscriptions<P extends Principal> {
   }
 
   /** The seqs a heartbeat reports, per followed task. */
-  heartbeatSeqs(): Record<string, number> {
+  heartbeatSeqs(written = false): Record<string, number> {
     const seqs: Record<string, number> = {};
-    for (const sub of this.#subs.values()) seqs[sub.taskId] = sub.heartbeatSeq;
+    for (const sub of this.#subs.values()) {
+      seqs[sub.taskId] = written ? sub.writtenHeartbeatSeq : sub.heartbeatSeq;
+    }
     return seqs;
   }
 

@@ -3,6 +3,7 @@ import { ErrorCode, PROTOCOL_NAME_V1, ProgressError } from '@finishline/core';
 import { ManualClock } from '@finishline/core/testing';
 import { describe, expect, it, vi } from 'vitest';
 import type { Principal } from '../auth.js';
+import { silentLogger } from '../logger.js';
 import type { ProgressServerOptions } from '../options.js';
 import {
   gate,
@@ -478,6 +479,44 @@ describe('token renewal over the frame budget', () => {
     expect(checks).toBe(1);
     expect(client.frames.slice(from).filter((frame) => frame.type === 'error')).toEqual([]);
   });
+
+  // Review, 8 December 2026: the wait for a token reads the server's clock; one that threw there failed the
+  // renewal's check as if the token hook had, logged "authenticateToken hook threw", sending whoever read it
+  // after the application's auth backend while its clock was at fault, and no hook had run at all.
+  it('reports a clock that throws while a renewal waits for a token as the clock, not the token hook', async () => {
+    const clock = new ManualClock();
+    let clockThrows = false;
+    let checks = 0;
+    const errors: string[] = [];
+    await session.start({
+      authenticate: () => null,
+      authenticateToken: (token) => {
+        checks += 1;
+        return tokenAuth(token);
+      },
+      heartbeatIntervalMs: 60_000,
+      rateLimitBurst: 3,
+      rateLimitPerSecond: 5,
+      clock: () => {
+        if (clockThrows) throw new Error('clock broke');
+        return clock.now();
+      },
+      logger: { ...silentLogger, error: (_obj, msg) => errors.push(msg ?? '') },
+    });
+    const client = await authed('token-alice');
+    for (const id of ['p1', 'p2', 'p3']) client.send({ type: 'ping', id });
+    await client.next((frame) => frame.type === 'pong' && frame.requestId === 'p3');
+    checks = 0;
+    client.send({ type: 'auth', token: 'token-alice', protocol: 2 });
+    await sleep(50); // its token refused: it waits, polling the budget every 200 ms
+    clockThrows = true;
+    const closed = await client.closed;
+    clockThrows = false;
+    expect(closed.code).toBe(1011);
+    expect(checks).toBe(0);
+    expect(errors.filter((message) => message.includes('authenticateToken'))).toEqual([]);
+    expect(errors.some((message) => message.includes('frame budget'))).toBe(true);
+  });
 });
 
 describe('a principal whose expiry is not a time', () => {
@@ -917,9 +956,14 @@ describe('token renewal: frames queued before it', () => {
   /**
    * A client of `alice:all` whose socket is taken above its high-water mark by a task's progress, the
    * task's last events queued behind it, renewed with `alice:<scope>` (whose `authorize` waits for `held`),
-   * then reading again while the re-check waits. Returns the task's last seq.
+   * then reading again while the re-check waits (heartbeats every `heartbeatIntervalMs`). Returns the
+   * task's last seq.
    */
-  async function queuedAtRenewal(scope: string, held: { promise: Promise<void> }) {
+  async function queuedAtRenewal(
+    scope: string,
+    held: { promise: Promise<void> },
+    heartbeatIntervalMs = 300_000,
+  ) {
     const env = await session.start({
       authenticate: () => null,
       authenticateToken: (token): Scoped | null => {
@@ -933,7 +977,7 @@ describe('token renewal: frames queued before it', () => {
         return task.owner === principal.id && principalScope !== 'none';
       },
       highWaterMarkBytes: 64 * 1024,
-      heartbeatIntervalMs: 300_000,
+      heartbeatIntervalMs,
       rateLimitPerSecond: 1_000_000,
       rateLimitBurst: 1_000_000,
       rateLimitPerPrincipalPerSecond: 1_000_000,
@@ -980,6 +1024,32 @@ describe('token renewal: frames queued before it', () => {
       await client.next((frame) => frame.type === 'error' && frame.code === 'task_not_found');
       await client.sync();
       expect(client.frames.filter(atSeq(seq))).toEqual([]);
+    } finally {
+      held.open();
+      client.ws.terminate();
+    }
+  }, 30_000);
+
+  // Review, 8 December 2026: a heartbeat goes out only when nothing is queued, and what was queued waits for
+  // the re-check: once the client had read what was written before, it got nothing at all until the re-check
+  // ended (each task's `authorize` may take `upgradeTimeoutMs`, 10 s, in turn), and its silence deadline
+  // (twice the heartbeat interval, delivery rule 7) closed a socket that read all along. Heartbeats go on,
+  // naming each task at the seq of the last frame written, which the client has before the heartbeat.
+  it('goes on sending heartbeats while the queue waits for the re-check, at seqs the client has', async () => {
+    const held = gate();
+    const { client, seq } = await queuedAtRenewal('some', held, 2000);
+    try {
+      const from = client.frames.length;
+      const heartbeat = await client.next((frame) => frame.type === 'heartbeat', { from, timeoutMs: 5000 });
+      const received = client.frames
+        .slice(0, client.frames.indexOf(heartbeat))
+        .filter((frame) => frame.type === 'event' || frame.type === 'snapshot')
+        .map((frame) => (frame.type === 'event' ? seqOf(frame) : (frame.task as { seq: number }).seq));
+      const [taskId] = Object.keys(heartbeat.seqs as Record<string, number>);
+      expect((heartbeat.seqs as Record<string, number>)[taskId as string]).toBe(Math.max(...received));
+      expect(client.frames.filter(atSeq(seq))).toEqual([]);
+      held.open();
+      await client.next(atSeq(seq));
     } finally {
       held.open();
       client.ws.terminate();
