@@ -718,6 +718,48 @@ describe('HTTP handler', () => {
     ).toBe(401);
   });
 
+  it('reads a seq or limit zero-padded to more than 16 characters as the integer it names, wherever it is read', async () => {
+    // docs/protocol.md: a seq is "an integer from 0 to 2^53 − 1", a limit 1–1000; nothing about its
+    // length. `afterSeq=0000000000000001` (16 characters) was read as 1 and `afterSeq=00000000000000001`
+    // (17) refused 400, the same integer.
+    env = await startServer();
+    const task = await env.server.tasks.create({ owner: 'alice', kind: 'k' });
+    await task.item({ key: 'a', ok: true });
+    await task.complete({ result: null });
+    const padded = (n: number) => String(n).padStart(17, '0');
+    const path = `/progress/tasks/${task.id}`;
+    const { epoch } = (await call(path, { user: 'alice' })).body as { epoch: string };
+
+    const events = await call(`${path}/events?afterSeq=${padded(1)}&limit=${padded(1)}`, { user: 'alice' });
+    expect(events.status).toBe(200);
+    expect((events.body.events as Array<{ seq: number }>).map((event) => event.seq)).toEqual([2]);
+    const list = await call(`/progress/tasks?limit=${padded(1)}`, { user: 'alice' });
+    expect(list.status).toBe(200);
+    expect(list.body.tasks).toHaveLength(1);
+    // The terminal frame's id, its seq padded: the client has the end (204), from the header or the query.
+    for (const id of [`${padded(2)}~${epoch}!`, `${padded(2)}!`]) {
+      const header = await call(`${path}/stream`, { user: 'alice', headers: { 'last-event-id': id } });
+      expect(header.status, id).toBe(204);
+      const query = await call(`${path}/stream?afterSeq=${encodeURIComponent(id)}`, { user: 'alice' });
+      expect(query.status, id).toBe(204);
+    }
+    // Padding does not lift the range: 17 significant digits are still refused, everywhere.
+    const tooLarge = '12345678901234567';
+    for (const refused of [
+      `${path}/events?afterSeq=${tooLarge}`,
+      `${path}/events?limit=0${'0'.repeat(20)}1001`,
+      `${path}/stream?afterSeq=${tooLarge}`,
+      `/progress/tasks?limit=${tooLarge}`,
+    ]) {
+      expect((await call(refused, { user: 'alice' })).status, refused).toBe(400);
+    }
+    const header = await call(`${path}/stream`, {
+      user: 'alice',
+      headers: { 'last-event-id': `0${tooLarge}` },
+    });
+    expect(header.status).toBe(400);
+  });
+
   it('says which rule a refused task id breaks', async () => {
     // Adoption review, 7 December 2026: `GET /progress/tasks/a%20b` answered a bare "Invalid task id".
     env = await startServer();
