@@ -760,6 +760,45 @@ describe('HTTP handler', () => {
     expect(header.status).toBe(400);
   });
 
+  it('answers an empty task id segment on every task route 400 Invalid task id, readable cross-origin, unlike a trailing slash', async () => {
+    // `…/tasks/${encodeURIComponent('')}/events`: the route is known and its id invalid (docs/protocol.md,
+    // 400 "a task id that is invalid"), so a page on an allowed origin reads why; a 404 "No such route"
+    // carries no CORS headers, and the page would see the server as unreachable.
+    const app = 'https://app.example.com';
+    env = await startServer({ allowedOrigins: [app] });
+    const headers = { origin: app, 'content-type': 'application/json' };
+    const requests: Array<[string, string, string?]> = [
+      ['GET', '/progress/tasks//events'],
+      ['HEAD', '/progress/tasks//events'],
+      ['GET', '/progress/tasks//stream'],
+      ['HEAD', '/progress/tasks//stream'],
+      ['GET', '/progress/tasks//stream?afterSeq=3'],
+      ['POST', '/progress/tasks//cancel', '{"reason":"x"}'],
+      ['POST', '/progress/tasks//cancel', ''],
+      ['POST', '/progress/tasks//ack', '{"seq":1}'],
+    ];
+    for (const [method, path, body] of requests) {
+      const answer = await call(path, {
+        user: 'alice',
+        method,
+        headers,
+        ...(body === undefined ? {} : { body }),
+      });
+      expect(answer.status, `${method} ${path}`).toBe(400);
+      expect(answer.headers.get('access-control-allow-origin'), `${method} ${path}`).toBe(app);
+      if (method !== 'HEAD') {
+        expect(answer.body, `${method} ${path}`).toEqual({
+          error: { code: 'invalid_input', message: 'Invalid task id: must not be empty' },
+        });
+      }
+    }
+    // A wrong method is still the route's 405, and a path of no route shape still 404.
+    expect((await call('/progress/tasks//cancel', { user: 'alice', headers })).status).toBe(405);
+    for (const path of ['/progress/tasks//', '/progress/tasks//events/', '/progress/tasks///events']) {
+      expect((await call(path, { user: 'alice', headers })).status, path).toBe(404);
+    }
+  });
+
   it('says which rule a refused task id breaks', async () => {
     // Adoption review, 7 December 2026: `GET /progress/tasks/a%20b` answered a bare "Invalid task id".
     env = await startServer();
