@@ -667,6 +667,50 @@ describe('HTTP handler', () => {
     expect(await ask(`${origin}/progress`, upgrade)).toBe(101);
   });
 
+  // Found by a review: the task routes and the upgrade were matched on the path as sent, the probes and the
+  // WebSocket path's 426 on the path with its dot segments resolved: `GET /progress/x/../healthz` was the
+  // health route, and `GET /elsewhere/../progress` answered 426 "send an upgrade request" to a path whose
+  // upgrade is refused 404 "No WebSocket here".
+  it('matches every path as sent, dot segments included: the probes and the WebSocket path as the task routes and the upgrade', async () => {
+    env = await startServer();
+    const port = env.port;
+    const ask = (path: string, headers: Record<string, string> = {}) =>
+      new Promise<number>((resolve, reject) => {
+        // `path` as given: a URL string would have its dot segments removed before sending.
+        const request = httpRequest({ host: '127.0.0.1', port, path, headers });
+        request.on('upgrade', (_response, socket) => {
+          socket.destroy();
+          resolve(101);
+        });
+        request.on('response', (response) => {
+          response.resume();
+          resolve(response.statusCode ?? 0);
+        });
+        request.on('error', reject);
+        request.end();
+      });
+    const upgrade = {
+      connection: 'Upgrade',
+      upgrade: 'websocket',
+      'sec-websocket-version': '13',
+      'sec-websocket-key': Buffer.from('0123456789abcdef').toString('base64'),
+      'sec-websocket-protocol': PROTOCOL_NAME,
+    };
+    expect(await ask('/progress/healthz')).toBe(200);
+    expect(await ask('/progress/livez')).toBe(200);
+    expect(await ask('/progress')).toBe(426);
+    for (const path of [
+      '/progress/x/../healthz',
+      '/progress/./livez',
+      '/progress/tasks/%2E%2E/livez',
+      '/elsewhere/../progress',
+      '/progress/./',
+    ]) {
+      expect(await ask(path), path).toBe(404);
+      expect(await ask(path, upgrade), `upgrade ${path}`).toBe(404);
+    }
+  });
+
   it('answers a trailing slash on any route like an unknown route: 404 No such route, or next()', async () => {
     env = await startServer();
     const task = await env.server.tasks.create({ owner: 'alice', kind: 'k' });
