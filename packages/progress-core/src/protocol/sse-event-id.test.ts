@@ -53,6 +53,16 @@ describe('SSE event ids', () => {
     expect(parseSseEventId('42')).toEqual({ seq: 42 });
   });
 
+  it('reads a seq zero-padded past 16 characters as the integer it names, as a shorter padding is', () => {
+    expect(parseSseEventId('0000000000000005')).toEqual({ seq: 5 });
+    expect(parseSseEventId('00000000000000005')).toEqual({ seq: 5 });
+    expect(parseSseEventId(`${'0'.repeat(40)}5~e!`)).toEqual({ seq: 5, epoch: 'e', ended: true });
+    expect(parseSseEventId(`0${LIMITS.maxCount}`)).toEqual({ seq: LIMITS.maxCount });
+    // The range still holds: padding adds no significant digit.
+    expect(parseSseEventId('09007199254740992')).toBeUndefined();
+    expect(parseSseEventId('0'.repeat(17))).toEqual({ seq: 0 });
+  });
+
   it.each([
     ['', 'empty'],
     ['x', 'not a number'],

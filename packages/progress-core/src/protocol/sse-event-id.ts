@@ -54,8 +54,10 @@ export function parseSseEventId(id: string): SseCursor | undefined {
 function parseCursor(text: string): SseCursor | undefined {
   const cut = text.indexOf(SSE_ID_SEPARATOR);
   const digits = cut < 0 ? text : text.slice(0, cut);
-  // At most 16 digits: a longer run is above maxCount anyway, and Number() of it would round.
-  if (!/^\d{1,16}$/.test(digits)) return undefined;
+  // At most 16 significant digits (a longer run is above maxCount anyway, and Number() of it would round),
+  // after any leading zeros: a seq is an integer, whatever its padding (`0000000000000005` was read as 5,
+  // and `00000000000000005` refused).
+  if (!/^0*\d{1,16}$/.test(digits)) return undefined;
   const seq = Number(digits);
   if (seq > LIMITS.maxCount) return undefined;
   if (cut < 0) return { seq };

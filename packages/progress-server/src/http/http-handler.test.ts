@@ -667,6 +667,50 @@ describe('HTTP handler', () => {
     expect(await ask(`${origin}/progress`, upgrade)).toBe(101);
   });
 
+  // Found by a review: the task routes and the upgrade were matched on the path as sent, the probes and the
+  // WebSocket path's 426 on the path with its dot segments resolved: `GET /progress/x/../healthz` was the
+  // health route, and `GET /elsewhere/../progress` answered 426 "send an upgrade request" to a path whose
+  // upgrade is refused 404 "No WebSocket here".
+  it('matches every path as sent, dot segments included: the probes and the WebSocket path as the task routes and the upgrade', async () => {
+    env = await startServer();
+    const port = env.port;
+    const ask = (path: string, headers: Record<string, string> = {}) =>
+      new Promise<number>((resolve, reject) => {
+        // `path` as given: a URL string would have its dot segments removed before sending.
+        const request = httpRequest({ host: '127.0.0.1', port, path, headers });
+        request.on('upgrade', (_response, socket) => {
+          socket.destroy();
+          resolve(101);
+        });
+        request.on('response', (response) => {
+          response.resume();
+          resolve(response.statusCode ?? 0);
+        });
+        request.on('error', reject);
+        request.end();
+      });
+    const upgrade = {
+      connection: 'Upgrade',
+      upgrade: 'websocket',
+      'sec-websocket-version': '13',
+      'sec-websocket-key': Buffer.from('0123456789abcdef').toString('base64'),
+      'sec-websocket-protocol': PROTOCOL_NAME,
+    };
+    expect(await ask('/progress/healthz')).toBe(200);
+    expect(await ask('/progress/livez')).toBe(200);
+    expect(await ask('/progress')).toBe(426);
+    for (const path of [
+      '/progress/x/../healthz',
+      '/progress/./livez',
+      '/progress/tasks/%2E%2E/livez',
+      '/elsewhere/../progress',
+      '/progress/./',
+    ]) {
+      expect(await ask(path), path).toBe(404);
+      expect(await ask(path, upgrade), `upgrade ${path}`).toBe(404);
+    }
+  });
+
   it('answers a trailing slash on any route like an unknown route: 404 No such route, or next()', async () => {
     env = await startServer();
     const task = await env.server.tasks.create({ owner: 'alice', kind: 'k' });
@@ -716,6 +760,87 @@ describe('HTTP handler', () => {
         })
       ).status,
     ).toBe(401);
+  });
+
+  it('reads a seq or limit zero-padded to more than 16 characters as the integer it names, wherever it is read', async () => {
+    // docs/protocol.md: a seq is "an integer from 0 to 2^53 − 1", a limit 1–1000; nothing about its
+    // length. `afterSeq=0000000000000001` (16 characters) was read as 1 and `afterSeq=00000000000000001`
+    // (17) refused 400, the same integer.
+    env = await startServer();
+    const task = await env.server.tasks.create({ owner: 'alice', kind: 'k' });
+    await task.item({ key: 'a', ok: true });
+    await task.complete({ result: null });
+    const padded = (n: number) => String(n).padStart(17, '0');
+    const path = `/progress/tasks/${task.id}`;
+    const { epoch } = (await call(path, { user: 'alice' })).body as { epoch: string };
+
+    const events = await call(`${path}/events?afterSeq=${padded(1)}&limit=${padded(1)}`, { user: 'alice' });
+    expect(events.status).toBe(200);
+    expect((events.body.events as Array<{ seq: number }>).map((event) => event.seq)).toEqual([2]);
+    const list = await call(`/progress/tasks?limit=${padded(1)}`, { user: 'alice' });
+    expect(list.status).toBe(200);
+    expect(list.body.tasks).toHaveLength(1);
+    // The terminal frame's id, its seq padded: the client has the end (204), from the header or the query.
+    for (const id of [`${padded(2)}~${epoch}!`, `${padded(2)}!`]) {
+      const header = await call(`${path}/stream`, { user: 'alice', headers: { 'last-event-id': id } });
+      expect(header.status, id).toBe(204);
+      const query = await call(`${path}/stream?afterSeq=${encodeURIComponent(id)}`, { user: 'alice' });
+      expect(query.status, id).toBe(204);
+    }
+    // Padding does not lift the range: 17 significant digits are still refused, everywhere.
+    const tooLarge = '12345678901234567';
+    for (const refused of [
+      `${path}/events?afterSeq=${tooLarge}`,
+      `${path}/events?limit=0${'0'.repeat(20)}1001`,
+      `${path}/stream?afterSeq=${tooLarge}`,
+      `/progress/tasks?limit=${tooLarge}`,
+    ]) {
+      expect((await call(refused, { user: 'alice' })).status, refused).toBe(400);
+    }
+    const header = await call(`${path}/stream`, {
+      user: 'alice',
+      headers: { 'last-event-id': `0${tooLarge}` },
+    });
+    expect(header.status).toBe(400);
+  });
+
+  it('answers an empty task id segment on every task route 400 Invalid task id, readable cross-origin, unlike a trailing slash', async () => {
+    // `…/tasks/${encodeURIComponent('')}/events`: the route is known and its id invalid (docs/protocol.md,
+    // 400 "a task id that is invalid"), so a page on an allowed origin reads why; a 404 "No such route"
+    // carries no CORS headers, and the page would see the server as unreachable.
+    const app = 'https://app.example.com';
+    env = await startServer({ allowedOrigins: [app] });
+    const headers = { origin: app, 'content-type': 'application/json' };
+    const requests: Array<[string, string, string?]> = [
+      ['GET', '/progress/tasks//events'],
+      ['HEAD', '/progress/tasks//events'],
+      ['GET', '/progress/tasks//stream'],
+      ['HEAD', '/progress/tasks//stream'],
+      ['GET', '/progress/tasks//stream?afterSeq=3'],
+      ['POST', '/progress/tasks//cancel', '{"reason":"x"}'],
+      ['POST', '/progress/tasks//cancel', ''],
+      ['POST', '/progress/tasks//ack', '{"seq":1}'],
+    ];
+    for (const [method, path, body] of requests) {
+      const answer = await call(path, {
+        user: 'alice',
+        method,
+        headers,
+        ...(body === undefined ? {} : { body }),
+      });
+      expect(answer.status, `${method} ${path}`).toBe(400);
+      expect(answer.headers.get('access-control-allow-origin'), `${method} ${path}`).toBe(app);
+      if (method !== 'HEAD') {
+        expect(answer.body, `${method} ${path}`).toEqual({
+          error: { code: 'invalid_input', message: 'Invalid task id: must not be empty' },
+        });
+      }
+    }
+    // A wrong method is still the route's 405, and a path of no route shape still 404.
+    expect((await call('/progress/tasks//cancel', { user: 'alice', headers })).status).toBe(405);
+    for (const path of ['/progress/tasks//', '/progress/tasks//events/', '/progress/tasks///events']) {
+      expect((await call(path, { user: 'alice', headers })).status, path).toBe(404);
+    }
   });
 
   it('says which rule a refused task id breaks', async () => {

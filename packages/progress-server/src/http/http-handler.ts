@@ -240,11 +240,15 @@ export function createHttpHandler<P extends Principal>(
   return (request, response, next) => {
     let route: Route | undefined;
     let url: URL;
+    // Express strips a mount path from `url`; `originalUrl` keeps it.
+    const raw = (request as { originalUrl?: string }).originalUrl ?? request.url ?? '/';
+    // Every path below is matched as sent, as the upgrade's is: `url.pathname` resolves dot segments, and
+    // matched on it, `GET …/x/../healthz` was the health route, and `GET /elsewhere/../progress` answered
+    // 426 "send an upgrade request" to a path whose upgrade is refused 404.
+    const path = pathOf(raw);
     try {
-      // Express strips a mount path from `url`; `originalUrl` keeps it.
-      const raw = (request as { originalUrl?: string }).originalUrl ?? request.url ?? '/';
       url = new URL(raw, 'http://localhost');
-      route = matchRoute(pathOf(raw), basePath);
+      route = matchRoute(path, basePath);
     } catch {
       route = undefined;
       url = new URL('http://localhost/');
@@ -252,16 +256,16 @@ export function createHttpHandler<P extends Principal>(
     const probe =
       route !== undefined || ctx.health === undefined
         ? undefined
-        : isHealthRoute(request, url, basePath)
+        : isProbeRoute(request, path, `${basePath}/healthz`)
           ? 'healthz'
-          : isProbeRoute(request, url, `${basePath}/livez`)
+          : isProbeRoute(request, path, `${basePath}/livez`)
             ? 'livez'
             : undefined;
     const webSocketOnly =
       route === undefined &&
       probe === undefined &&
       ctx.webSocketPath !== undefined &&
-      url.pathname === ctx.webSocketPath;
+      path === ctx.webSocketPath;
     if (route === undefined && probe === undefined && !webSocketOnly && next !== undefined) {
       // Not this handler's: the application's response is left as it was, without the headers below.
       next();
@@ -355,15 +359,13 @@ function loggableTaskId(route: Route): { taskId?: string } {
   return id.length > 0 && id.length <= LIMITS.maxIdLength && ID_PATTERN.test(id) ? { taskId: id } : {};
 }
 
-/** `GET` / `HEAD {basePath}/healthz`: the readiness probe's route (no authentication, no task data). */
-function isHealthRoute(request: IncomingMessage, url: URL, basePath: string): boolean {
-  return isProbeRoute(request, url, `${basePath}/healthz`);
-}
-
-/** `GET` / `HEAD` of `path`: a probe's route (no authentication, no Origin check, no task data). */
-function isProbeRoute(request: IncomingMessage, url: URL, path: string): boolean {
+/**
+ * `GET` / `HEAD` of `probe` (`{basePath}/healthz`, the readiness probe, or `…/livez`): a probe's route (no
+ * authentication, no Origin check, no task data), `path` being the request's as sent.
+ */
+function isProbeRoute(request: IncomingMessage, path: string, probe: string): boolean {
   const method = request.method ?? 'GET';
-  return (method === 'GET' || method === 'HEAD') && url.pathname === path;
+  return (method === 'GET' || method === 'HEAD') && path === probe;
 }
 
 /**

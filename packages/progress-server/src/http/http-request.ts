@@ -201,7 +201,9 @@ export function parseInteger(
 ): number {
   const { name, fallback, min, max } = rule;
   if (raw === null || raw === '') return fallback;
-  const value = /^\d{1,16}$/.test(raw) ? Number(raw) : Number.NaN;
+  // At most 16 significant digits (a longer run is above maxCount, and Number() of it would round), after
+  // any leading zeros: `0000000000000001` was read as 1 and `00000000000000001`, the same integer, refused.
+  const value = /^0*\d{1,16}$/.test(raw) ? Number(raw) : Number.NaN;
   if (!Number.isSafeInteger(value) || value < min || value > max) {
     throw fromCode(ErrorCode.InvalidInput, `${name} must be an integer from ${min} to ${max}`);
   }
