@@ -34,4 +34,31 @@ describe('the time of an append planned on a locked row', () => {
       if (release) held.release();
     }
   });
+
+  // The reaper read the clock before it waited for a connection, and stamped its interruptions with that time:
+  // an append committed meanwhile came before the interruption in the log, at a later time.
+  it('a reap reads it once it has its connection: the interruption comes after the append in time too', async () => {
+    const schema = await fx.migrated();
+    let now = 1_000_000;
+    const clock = () => (now += 1000);
+    const poolA = fx.pool(1);
+    const a = await fx.open({ schema, clock, pool: poolA });
+    const b = await fx.open({ schema, clock });
+    const task = await b.createTask({ owner: 'u', kind: 'k', lease: { owner: 'w', ttlMs: 1000 } });
+    now += 10_000; // the lease expired
+    const held = await poolA.connect();
+    let release = true;
+    try {
+      const reaped = a.reapExpiredLeases();
+      await new Promise((resolve) => setTimeout(resolve, 50)); // the reap is waiting for the connection
+      const appended = await b.append(task.id, { type: 'progress', message: 'late' });
+      held.release();
+      release = false;
+      const [interruption] = await reaped;
+      expect(interruption?.event.seq).toBe(appended.event.seq + 1);
+      expect(interruption?.event.time).toBeGreaterThanOrEqual(appended.event.time);
+    } finally {
+      if (release) held.release();
+    }
+  });
 });
