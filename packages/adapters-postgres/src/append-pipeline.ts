@@ -1068,7 +1068,6 @@ export class AppendPipeline {
     // The batch's first statement moved on meanwhile (see #writeFromLastWritten): not sent again once abandoned.
     if (this.#abandoned) throw storeClosed();
     const { db, gate, statements, clock, expectCommit } = this.#options;
-    const now = clock();
     const ids = [...new Set(batch.map((entry) => entry.taskId))].sort(compareIds);
     return gate.run(db, (connection) =>
       lockingTransaction(connection).execute(async (trx) => {
@@ -1080,6 +1079,10 @@ export class AppendPipeline {
         const heldIds = new Set(rows.filter((row) => row.held).map((row) => row.id));
         const planned = batch.filter((entry) => !heldIds.has(entry.taskId));
         const locked = rows.filter((row) => !row.held);
+        // Read once the rows are locked, as the lease renewals and the SQLite store read it: read before the
+        // wait for a connection and for the rows, a write of the task committed meanwhile (another store's)
+        // came before this one in the log but at a later time, and the task's log went back in time.
+        const now = clock();
         const plan = planBatch(planned, tasksById(locked), now);
         for (const task of plan.tasks) expectCommit(task.id, task.seq);
         const changes =

@@ -281,6 +281,16 @@ export interface ReapTime {
   now: number;
 }
 
+/**
+ * Where {@link reapExpiredLeases} takes its {@link ReapTime} from: the store's clock, read once the reap has
+ * its connection (in its transaction, see there); leases expire by it, or by the database's clock.
+ */
+export interface ReapClock {
+  clock: Clock;
+  /** Leases expire by {@link DATABASE_CLOCK} rather than by the store's clock. */
+  databaseExpiry: boolean;
+}
+
 /** A row {@link selectExpired} found, with the time its lease was found expired at. */
 type ExpiredRow = TaskRow & { expired_by: string | number };
 
@@ -324,10 +334,16 @@ export async function reapExpiredLeases(
   db: Kysely<ProgressDatabase>,
   target: AppendTarget,
   statements: AppendStatements,
-  { limit, expiredBy, now }: { limit: number } & ReapTime,
+  { limit, clock, databaseExpiry }: { limit: number } & ReapClock,
 ): Promise<ReapOutcome> {
+  // Read once, in the transaction: read before the wait for a connection, an append committed meanwhile (at
+  // a later time) was followed in the task's log by an interruption stamped earlier. The careful pass reuses it.
+  let time: ReapTime | undefined;
   try {
     return await lockingTransaction(db).execute(async (trx) => {
+      const now = clock();
+      time = { expiredBy: databaseExpiry ? DATABASE_CLOCK : now, now };
+      const { expiredBy } = time;
       const { rows } = await selectExpired(target, limit, expiredBy).execute(trx);
       const planned: AppendResult[] = [];
       for (const row of rows) {
@@ -351,8 +367,8 @@ export async function reapExpiredLeases(
       return { results: planned, changes, damaged: [] };
     });
   } catch (error) {
-    if (!isRowDamage(error)) throw error;
-    return reapCarefully(db, target, statements, { limit, expiredBy, now });
+    if (!isRowDamage(error) || time === undefined) throw error;
+    return reapCarefully(db, target, statements, { limit, ...time });
   }
 }
 

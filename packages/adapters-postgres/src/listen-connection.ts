@@ -654,7 +654,9 @@ export class ListenConnection {
     this.#connected = true;
     this.#replacedAt = undefined;
     this.#failedAttempts = 0;
-    this.#lastConnectedAt = this.#options.clock();
+    // Through #time (reported, the last time kept): read bare, a clock that threw here failed a connect
+    // that had succeeded, and open() with it, or on a reconnect ended the working connection to start over.
+    this.#lastConnectedAt = this.#time() ?? this.#lastConnectedAt;
     this.#scheduleBarrier(generation);
   }
 

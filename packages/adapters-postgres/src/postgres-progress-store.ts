@@ -704,12 +704,15 @@ export class PostgresProgressStore implements ProgressStore {
   async reapExpiredLeases(options?: ReapOptions): Promise<AppendResult[]> {
     this.#assertOpen();
     const { limit } = parseReapOptions(options);
-    const now = this.#clock();
-    const leaseClock = this.#options.leaseClock;
-    const expiredBy = leaseClock === DATABASE_CLOCK ? DATABASE_CLOCK : now;
+    // The clock is read in the reap's transaction (see reapExpiredLeases); a given clock is the leases' too.
+    const databaseExpiry = this.#options.leaseClock === DATABASE_CLOCK;
     const { results, changes, damaged } = await this.#run('reapExpiredLeases', undefined, () =>
       this.#gate.run(this.#db, (db) =>
-        reapExpiredLeases(db, this.#target, this.#appendStatements, { limit, expiredBy, now }),
+        reapExpiredLeases(db, this.#target, this.#appendStatements, {
+          limit,
+          clock: this.#clock,
+          databaseExpiry,
+        }),
       ),
     );
     this.#appends.committedElsewhere(changes);

@@ -106,6 +106,13 @@ export class DemoCluster {
   #resourceVersion = 1000;
   #server: http.Server | undefined;
   readonly #workloads: DemoWorkloads;
+  /**
+   * The latency waits of the calls in flight (timer → its resolve), ended by {@link close}: left running, each
+   * held the process up for `latencyMs` after close, and its call then went on against the closed cluster.
+   */
+  readonly #delays = new Map<ReturnType<typeof setTimeout>, () => void>();
+  /** Closed and not listening again: a call still in flight ends unanswered rather than being applied. */
+  #closed = false;
 
   constructor(options: DemoClusterOptions = {}) {
     const merged = { ...DEMO_CLUSTER_DEFAULTS, ...options };
@@ -203,6 +210,7 @@ export class DemoCluster {
       });
     });
     this.#server = server;
+    this.#closed = false;
     return this.url;
   }
 
@@ -210,6 +218,12 @@ export class DemoCluster {
   async close(): Promise<void> {
     const server = this.#server;
     this.#server = undefined;
+    this.#closed = true;
+    for (const [timer, resolve] of this.#delays) {
+      clearTimeout(timer);
+      resolve();
+    }
+    this.#delays.clear();
     this.#workloads.close();
     if (server === undefined) return;
     server.closeAllConnections();
@@ -230,7 +244,13 @@ export class DemoCluster {
       const nodeName = match?.[1] === undefined ? undefined : decodeURIComponent(match[1]);
       const body = await readBody(req);
       await this.#options.onRequest?.({ method, path, node: nodeName });
-      if (this.#options.latencyMs > 0) await new Promise((r) => setTimeout(r, this.#options.latencyMs));
+      if (this.#options.latencyMs > 0 && !this.#closed) await this.#delay(this.#options.latencyMs);
+      // Closed meanwhile (its connection is gone): not applied to the closed cluster, whose workloads would
+      // otherwise start timers again (an eviction's pod termination) after close() stopped them.
+      if (this.#closed) {
+        res.destroy();
+        return;
+      }
       const doc = discovery(path);
       if (doc !== undefined && method === 'GET') return send(200, doc);
       // An eviction in JSON only, as the API server reads a body (415 otherwise): any web page may send a POST
@@ -320,6 +340,17 @@ export class DemoCluster {
         status({ code: 500, reason: 'InternalError', message: `Internal error occurred: ${String(error)}` }),
       );
     }
+  }
+
+  /** Waits `ms`, or until {@link close}. */
+  #delay(ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => {
+        this.#delays.delete(timer);
+        resolve();
+      }, ms);
+      this.#delays.set(timer, resolve);
+    });
   }
 
   #list(selector: string, accept: string): unknown {
