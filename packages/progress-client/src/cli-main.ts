@@ -1,5 +1,6 @@
 import { readFileSync } from 'node:fs';
-import { validateHeaderName, validateHeaderValue } from 'node:http';
+import { request as httpRequest, validateHeaderName, validateHeaderValue } from 'node:http';
+import { request as httpsRequest } from 'node:https';
 import { parseArgs } from 'node:util';
 import { ErrorCode, isProgressError } from '@finishline/core';
 import { assertTaskId, nearestName } from '@finishline/core/internal';
@@ -199,23 +200,38 @@ async function watchCli(
   // attempt (its documented behaviour), and until 8 December 2026 so did the CLI, for ever without
   // --timeout-ms: `finishline watch … && next` hung. It gives up on it (exit 4). 408 and 429 say "later",
   // and 5xx (a 502 or 503 during a deploy), like a refused connection (a server down), are still retried.
-  // (401 and 403 end the client already. Node's built-in WebSocket tells no status: retried.)
+  // (401 and 403 end the client already.) Node's built-in WebSocket (undici) tells no status: the same
+  // "Received network error or non-101 status code" for a refused connection and for a 404, and until
+  // 8 December 2026 the CLI retried a wrong URL for ever there. After such a failure it asks the URL itself
+  // (probeUpgrade): the status an upgrade request over HTTP is answered with is the one the socket got.
   const stopWatch = new AbortController();
   let wrongEndpoint: string | undefined;
+  const endsWatch = (status: number | undefined, detail: string | undefined) => {
+    if (status === undefined || status < 300 || status >= 500 || status === 408 || status === 429)
+      return false;
+    // Without the URL's query string, which may hold a token (as the client's own message leaves it out).
+    wrongEndpoint ??= `cannot watch task ${taskId}: ${url.split('?', 1)[0]} is not the server's WebSocket endpoint: ${detail}`;
+    stopWatch.abort();
+    return true;
+  };
+  let probing = false;
   // Connection problems are reported, and the client goes on retrying until the deadline.
   // The same problem again is said again: the client is still retrying.
   client.on('error', (error) => {
     const refused = isProgressError(error, ErrorCode.Unreachable)
       ? describeSocketError({ error: error.cause })
       : undefined;
-    const status = refused?.status;
-    if (status !== undefined && status >= 300 && status < 500 && status !== 408 && status !== 429) {
-      // Without the URL's query string, which may hold a token (as the client's own message leaves it out).
-      wrongEndpoint ??= `cannot watch task ${taskId}: ${url.split('?', 1)[0]} is not the server's WebSocket endpoint: ${refused?.detail}`;
-      stopWatch.abort();
-      return;
-    }
+    if (endsWatch(refused?.status, refused?.detail)) return;
     if (error.message === reported || !repeats(error.message)) report(error.message);
+    // No status, nor a network error's code (which `ws` gives): what failed is not known. One probe at a time.
+    const code = (error.cause as { code?: unknown } | undefined)?.code;
+    if (refused === undefined || refused.status !== undefined || code !== undefined || probing) return;
+    probing = true;
+    void probeUpgrade(url, stopWatch.signal).then((status) => {
+      probing = false;
+      if (status === undefined || stopWatch.signal.aborted) return;
+      endsWatch(status, describeSocketError({ message: `Unexpected server response: ${status}` }).detail);
+    });
   });
   let printed = '';
   let pending = '';
@@ -310,8 +326,45 @@ async function watchCli(
     // after the error, or wait for --interval-ms on a timer that keeps the process from exiting.
     unsubscribe();
     clearTimeout(trailing);
+    stopWatch.abort(); // and with it a probe still waiting, whose socket would keep the process alive
     await client.close();
   }
+}
+
+/** How long {@link probeUpgrade} waits for the server's answer. */
+const PROBE_TIMEOUT_MS = 5000;
+
+/**
+ * The HTTP status the server answers a WebSocket upgrade of `url` with (its query string included: a
+ * server may take its token there), over node:http(s); `undefined` when it accepts it (101, the socket
+ * closed at once), or cannot be asked (refused, a TLS error, no answer within PROBE_TIMEOUT_MS, `signal`).
+ * For Node's built-in WebSocket, which tells none.
+ */
+function probeUpgrade(url: string, signal: AbortSignal): Promise<number | undefined> {
+  const target = new URL(url);
+  target.protocol = target.protocol.replace(/^ws/, 'http');
+  const request = target.protocol === 'https:' ? httpsRequest : httpRequest;
+  return new Promise((resolve) => {
+    const req = request(target, {
+      headers: {
+        connection: 'Upgrade',
+        upgrade: 'websocket',
+        'sec-websocket-version': '13',
+        'sec-websocket-key': 'ZmluaXNobGluZSBwcm9iZQ==',
+      },
+      signal: AbortSignal.any([signal, AbortSignal.timeout(PROBE_TIMEOUT_MS)]),
+    });
+    req.on('upgrade', (_response, socket) => {
+      socket.destroy();
+      resolve(undefined);
+    });
+    req.on('response', (response) => {
+      response.destroy();
+      resolve(response.statusCode);
+    });
+    req.on('error', () => resolve(undefined));
+    req.end();
+  });
 }
 
 const CLI_OPTIONS = {
