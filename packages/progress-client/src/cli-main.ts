@@ -223,9 +223,12 @@ async function watchCli(
       : undefined;
     if (endsWatch(refused?.status, refused?.detail)) return;
     if (error.message === reported || !repeats(error.message)) report(error.message);
-    // No status, nor a network error's code (which `ws` gives): what failed is not known. One probe at a time.
-    const code = (error.cause as { code?: unknown } | undefined)?.code;
-    if (refused === undefined || refused.status !== undefined || code !== undefined || probing) return;
+    // The implementation's error without a status or a network error's code (which `ws` gives): what failed
+    // is not known. Not after a close before hello or a connect timeout (no error: the upgrade was
+    // accepted). One probe at a time.
+    const cause = error.cause;
+    const known = !(cause instanceof Error) || (cause as { code?: unknown }).code !== undefined;
+    if (refused === undefined || refused.status !== undefined || known || probing) return;
     probing = true;
     void probeUpgrade(url, stopWatch.signal).then((status) => {
       probing = false;
