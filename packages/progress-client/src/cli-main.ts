@@ -4,7 +4,16 @@ import { request as httpsRequest } from 'node:https';
 import { parseArgs } from 'node:util';
 import { ErrorCode, isProgressError } from '@finishline/core';
 import { assertTaskId, nearestName } from '@finishline/core/internal';
-import { CLI_EXIT_CODES, exitCodeOf, finalLine, jsonLine, printable, progressLine } from './cli-render.js';
+import {
+  CLI_EXIT_CODES,
+  clearDrawn,
+  exitCodeOf,
+  finalLine,
+  jsonLine,
+  lineColumns,
+  printable,
+  progressLine,
+} from './cli-render.js';
 import type { WebSocketConstructorLike } from './options.js';
 import { ProgressClient } from './progress-client.js';
 import { describeSocketError } from './socket-platform.js';
@@ -179,6 +188,8 @@ async function watchCli(
   const tty = !json && io.stdout.isTTY === true && io.env?.TERM !== 'dumb';
   /** On a terminal: a progress line is on the screen without its newline (the next one redraws it). */
   let lineOpen = false;
+  /** The columns of that line, drawn at the width the terminal had then: see clearDrawn. */
+  let drawnColumns = 0;
   // The last error reported. What ends the client is said twice: as its 'error' and as the watch's error
   // ("The server refused the client: closed by server (4001: Invalid credentials)"); until 7 December 2026
   // the server's error frame before that close ("Invalid credentials") came first. One that quotes the last
@@ -264,8 +275,9 @@ async function watchCli(
     if (!tty && state.progress === null) return;
     const line = json ? jsonLine(state) : progressLine(state, tty ? io.stdout.columns : undefined);
     if (tty) {
-      io.stdout.write(`\r\x1b[2K${line}`);
+      io.stdout.write(`${clearDrawn(lineOpen ? drawnColumns : 0, io.stdout.columns)}${line}`);
       lineOpen = true;
+      drawnColumns = lineColumns(line);
       return;
     }
     pending = line;
@@ -282,7 +294,7 @@ async function watchCli(
     io.stdout.write(
       json
         ? `${jsonLine(state)}\n`
-        : `${tty ? '\r\x1b[2K' : ''}${progressLine(state, tty ? io.stdout.columns : undefined)}\n${finalLine(state)}\n`,
+        : `${tty ? clearDrawn(lineOpen ? drawnColumns : 0, io.stdout.columns) : ''}${progressLine(state, tty ? io.stdout.columns : undefined)}\n${finalLine(state)}\n`,
     );
     return exitCodeOf(state);
   } catch (error) {

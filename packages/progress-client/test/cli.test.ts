@@ -1134,6 +1134,48 @@ describe('finishline watch on a terminal', () => {
       vi.useRealTimers();
     }
   });
+
+  // Review of 8 December 2026: the redraw cleared one row (`\r\x1b[2K`), the one the cursor is on. A line cut to
+  // 80 columns, once the terminal narrows to 30, is rewrapped into 3 rows by a terminal that reflows (most
+  // do: VTE, iTerm2, kitty, Windows Terminal, tmux): the 2 above the cursor stayed on the screen.
+  it('clears every row the previous line takes at the new width when the terminal narrows, not only the last', async () => {
+    vi.useFakeTimers({ toFake: ['Date', 'setTimeout', 'clearTimeout'] });
+    try {
+      const server = new FakeServer();
+      const screen: string[] = [];
+      const stdout = { write: (text: string) => screen.push(text), isTTY: true, columns: 80 };
+      const exit = runCli(['watch', 'ws://example.test/progress', 't1'], {
+        stdout,
+        stderr: { write: () => true },
+        WebSocket: server.WebSocket,
+      });
+      await vi.advanceTimersByTimeAsync(0);
+      const socket = server.accept(600_000);
+      const task = new FakeTask('t1', 3);
+      socket.push({ type: 'snapshot', task: task.view() });
+      socket.push({ type: 'event', event: task.item('node-with-a-long-name-'.repeat(5)) });
+      const wide = screen.at(-1) ?? '';
+      expect(wide.startsWith('\r\x1b[2K')).toBe(true);
+      expect([...wide.slice('\r\x1b[2K'.length)].length).toBe(79); // cut to the 80 columns
+      stdout.columns = 30;
+      socket.push({ type: 'event', event: task.item('n2') });
+      // 79 columns take 3 rows of 30: up 2 rows, then clear to the end of the screen.
+      expect(screen.at(-1)?.startsWith('\x1b[2A\r\x1b[J')).toBe(true);
+      // Drawn at 30 columns, the next redraw at 30 clears its one row as before; the final line likewise.
+      socket.push({ type: 'event', event: task.item('n3') });
+      expect(screen.at(-1)?.startsWith('\r\x1b[2K')).toBe(true);
+      // The line of n3, 29 columns, takes 3 rows of 10: the final state clears them too.
+      stdout.columns = 10;
+      socket.push({ type: 'event', event: task.end() });
+      expect(await exit).toBe(CLI_EXIT_CODES.completed);
+      const final = screen.at(-1) ?? '';
+      expect(final.startsWith('\x1b[2A\r\x1b[J')).toBe(true);
+      expect(final.endsWith('\ncompleted\n')).toBe(true);
+      expect(final.split('\n').length).toBe(3);
+    } finally {
+      vi.useRealTimers();
+    }
+  });
 });
 
 describe('finishline watch on a terminal that cannot move its cursor (TERM=dumb)', () => {
