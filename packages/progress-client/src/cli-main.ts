@@ -1,9 +1,19 @@
 import { readFileSync } from 'node:fs';
-import { validateHeaderName, validateHeaderValue } from 'node:http';
+import { request as httpRequest, validateHeaderName, validateHeaderValue } from 'node:http';
+import { request as httpsRequest } from 'node:https';
 import { parseArgs } from 'node:util';
 import { ErrorCode, isProgressError } from '@finishline/core';
 import { assertTaskId, nearestName } from '@finishline/core/internal';
-import { CLI_EXIT_CODES, exitCodeOf, finalLine, jsonLine, printable, progressLine } from './cli-render.js';
+import {
+  CLI_EXIT_CODES,
+  clearDrawn,
+  exitCodeOf,
+  finalLine,
+  jsonLine,
+  lineColumns,
+  printable,
+  progressLine,
+} from './cli-render.js';
 import type { WebSocketConstructorLike } from './options.js';
 import { ProgressClient } from './progress-client.js';
 import { describeSocketError } from './socket-platform.js';
@@ -178,6 +188,8 @@ async function watchCli(
   const tty = !json && io.stdout.isTTY === true && io.env?.TERM !== 'dumb';
   /** On a terminal: a progress line is on the screen without its newline (the next one redraws it). */
   let lineOpen = false;
+  /** The columns of that line, drawn at the width the terminal had then: see clearDrawn. */
+  let drawnColumns = 0;
   // The last error reported. What ends the client is said twice: as its 'error' and as the watch's error
   // ("The server refused the client: closed by server (4001: Invalid credentials)"); until 7 December 2026
   // the server's error frame before that close ("Invalid credentials") came first. One that quotes the last
@@ -199,23 +211,41 @@ async function watchCli(
   // attempt (its documented behaviour), and until 8 December 2026 so did the CLI, for ever without
   // --timeout-ms: `finishline watch … && next` hung. It gives up on it (exit 4). 408 and 429 say "later",
   // and 5xx (a 502 or 503 during a deploy), like a refused connection (a server down), are still retried.
-  // (401 and 403 end the client already. Node's built-in WebSocket tells no status: retried.)
+  // (401 and 403 end the client already.) Node's built-in WebSocket (undici) tells no status: the same
+  // "Received network error or non-101 status code" for a refused connection and for a 404, and until
+  // 8 December 2026 the CLI retried a wrong URL for ever there. After such a failure it asks the URL itself
+  // (probeUpgrade): the status an upgrade request over HTTP is answered with is the one the socket got.
   const stopWatch = new AbortController();
   let wrongEndpoint: string | undefined;
+  const endsWatch = (status: number | undefined, detail: string | undefined) => {
+    if (status === undefined || status < 300 || status >= 500 || status === 408 || status === 429)
+      return false;
+    // Without the URL's query string, which may hold a token (as the client's own message leaves it out).
+    wrongEndpoint ??= `cannot watch task ${taskId}: ${url.split('?', 1)[0]} is not the server's WebSocket endpoint: ${detail}`;
+    stopWatch.abort();
+    return true;
+  };
+  let probing = false;
   // Connection problems are reported, and the client goes on retrying until the deadline.
   // The same problem again is said again: the client is still retrying.
   client.on('error', (error) => {
     const refused = isProgressError(error, ErrorCode.Unreachable)
       ? describeSocketError({ error: error.cause })
       : undefined;
-    const status = refused?.status;
-    if (status !== undefined && status >= 300 && status < 500 && status !== 408 && status !== 429) {
-      // Without the URL's query string, which may hold a token (as the client's own message leaves it out).
-      wrongEndpoint ??= `cannot watch task ${taskId}: ${url.split('?', 1)[0]} is not the server's WebSocket endpoint: ${refused?.detail}`;
-      stopWatch.abort();
-      return;
-    }
+    if (endsWatch(refused?.status, refused?.detail)) return;
     if (error.message === reported || !repeats(error.message)) report(error.message);
+    // The implementation's error without a status or a network error's code (which `ws` gives): what failed
+    // is not known. Not after a close before hello or a connect timeout (no error: the upgrade was
+    // accepted). One probe at a time.
+    const cause = error.cause;
+    const known = !(cause instanceof Error) || (cause as { code?: unknown }).code !== undefined;
+    if (refused === undefined || refused.status !== undefined || known || probing) return;
+    probing = true;
+    void probeUpgrade(url, stopWatch.signal).then((status) => {
+      probing = false;
+      if (status === undefined || stopWatch.signal.aborted) return;
+      endsWatch(status, describeSocketError({ message: `Unexpected server response: ${status}` }).detail);
+    });
   });
   let printed = '';
   let pending = '';
@@ -245,8 +275,9 @@ async function watchCli(
     if (!tty && state.progress === null) return;
     const line = json ? jsonLine(state) : progressLine(state, tty ? io.stdout.columns : undefined);
     if (tty) {
-      io.stdout.write(`\r\x1b[2K${line}`);
+      io.stdout.write(`${clearDrawn(lineOpen ? drawnColumns : 0, io.stdout.columns)}${line}`);
       lineOpen = true;
+      drawnColumns = lineColumns(line);
       return;
     }
     pending = line;
@@ -263,7 +294,7 @@ async function watchCli(
     io.stdout.write(
       json
         ? `${jsonLine(state)}\n`
-        : `${tty ? '\r\x1b[2K' : ''}${progressLine(state, tty ? io.stdout.columns : undefined)}\n${finalLine(state)}\n`,
+        : `${tty ? clearDrawn(lineOpen ? drawnColumns : 0, io.stdout.columns) : ''}${progressLine(state, tty ? io.stdout.columns : undefined)}\n${finalLine(state)}\n`,
     );
     return exitCodeOf(state);
   } catch (error) {
@@ -310,8 +341,45 @@ async function watchCli(
     // after the error, or wait for --interval-ms on a timer that keeps the process from exiting.
     unsubscribe();
     clearTimeout(trailing);
+    stopWatch.abort(); // and with it a probe still waiting, whose socket would keep the process alive
     await client.close();
   }
+}
+
+/** How long {@link probeUpgrade} waits for the server's answer. */
+const PROBE_TIMEOUT_MS = 5000;
+
+/**
+ * The HTTP status the server answers a WebSocket upgrade of `url` with (its query string included: a
+ * server may take its token there), over node:http(s); `undefined` when it accepts it (101, the socket
+ * closed at once), or cannot be asked (refused, a TLS error, no answer within PROBE_TIMEOUT_MS, `signal`).
+ * For Node's built-in WebSocket, which tells none.
+ */
+function probeUpgrade(url: string, signal: AbortSignal): Promise<number | undefined> {
+  const target = new URL(url);
+  target.protocol = target.protocol.replace(/^ws/, 'http');
+  const request = target.protocol === 'https:' ? httpsRequest : httpRequest;
+  return new Promise((resolve) => {
+    const req = request(target, {
+      headers: {
+        connection: 'Upgrade',
+        upgrade: 'websocket',
+        'sec-websocket-version': '13',
+        'sec-websocket-key': 'ZmluaXNobGluZSBwcm9iZQ==',
+      },
+      signal: AbortSignal.any([signal, AbortSignal.timeout(PROBE_TIMEOUT_MS)]),
+    });
+    req.on('upgrade', (_response, socket) => {
+      socket.destroy();
+      resolve(undefined);
+    });
+    req.on('response', (response) => {
+      response.destroy();
+      resolve(response.statusCode);
+    });
+    req.on('error', () => resolve(undefined));
+    req.end();
+  });
 }
 
 const CLI_OPTIONS = {

@@ -133,6 +133,26 @@ export function progressLine(state: WatchState, width?: number): string {
   return `${kept}…`;
 }
 
+/** The columns a terminal gives `line` (a line of {@link progressLine}: no control character left in it). */
+export function lineColumns(line: string): number {
+  let columns = 0;
+  for (const point of line) columns += columnsOf(point);
+  return columns;
+}
+
+/**
+ * What erases the progress line drawn last, `columns` wide, before the next is drawn, the cursor still at its
+ * end; the terminal is `width` columns wide now. The line was cut to the width it was drawn at, but a
+ * terminal narrowed since then (most reflow their lines: VTE, iTerm2, kitty, Windows Terminal, tmux) shows
+ * it on ceil(columns / width) rows: clearing only the cursor's row (`\r\x1b[2K`) left the others on the screen.
+ * Up to the first of them, then clear to the end of the screen. (A terminal that cuts its lines instead of
+ * reflowing them, xterm, loses as many rows above the bar as the line would have wrapped into.)
+ */
+export function clearDrawn(columns: number, width: number | undefined): string {
+  const rows = width === undefined || !(width > 1) ? 1 : Math.max(1, Math.ceil(columns / width));
+  return rows === 1 ? '\r\x1b[2K' : `\x1b[${rows - 1}A\r\x1b[J`;
+}
+
 /**
  * One line of `--json`: the state as one JSON object, the same fields at every change and at the end
  * (`finished: true`, with `result` or `error`). JSON escapes the C0 controls but leaves DEL, the C1 controls,

@@ -59,6 +59,23 @@ async function rawServer(answer: (socket: Socket) => void): Promise<string> {
   return `ws://127.0.0.1:${(raw.address() as AddressInfo).port}`;
 }
 
+/**
+ * `ws` as Node's built-in WebSocket (undici) reports a failed attempt: the same event for a refused
+ * connection and for any refused upgrade, with no status and no error code.
+ */
+class AsUndici extends WebSocket {
+  constructor(...args: ConstructorParameters<typeof WebSocket>) {
+    super(...args);
+    const message = 'Received network error or non-101 status code.';
+    const own = Object.getOwnPropertyDescriptor(WebSocket.prototype, 'onerror');
+    Object.defineProperty(this, 'onerror', {
+      set: (listener: ((event: unknown) => void) | null) =>
+        own?.set?.call(this, listener && (() => listener({ message, error: new Error(message) }))),
+      get: () => own?.get?.call(this),
+    });
+  }
+}
+
 /** A real server with bearer tokens: the token is the user id. */
 function start(authTimeoutMs?: number) {
   return listen({
@@ -283,6 +300,75 @@ describe('finishline watch <url> <taskId> against a real server', () => {
       expect(last).not.toContain('Retrying');
       expect(run.err.join('')).not.toContain('s3cret-tok');
     }
+  }, 30_000);
+
+  // Review of 8 December 2026: Node's built-in WebSocket (undici, what the bin takes without `ws`) tells no
+  // status of a refused upgrade ("Received network error or non-101 status code"), so the CLI retried a
+  // wrong path's 404 for ever there. It now asks the URL itself, with an upgrade request over HTTP.
+  it("exits 4 for a URL that is not the WebSocket endpoint with Node's built-in WebSocket too, which tells no status", async () => {
+    const { url } = await start();
+    const cases: [string, string][] = [
+      [url.replace(/\/progress$/, '/progres'), 'HTTP 404'],
+      [
+        `${await rawServer((socket) => socket.end('HTTP/1.1 426 No\r\nConnection: close\r\n\r\n'))}/progress`,
+        'HTTP 426',
+      ],
+    ];
+    for (const [target, status] of cases) {
+      const run = io();
+      const stop = new AbortController();
+      const exit = runCli(['watch', target, 't1', '--token', 'ops'], {
+        ...run.io,
+        WebSocket: AsUndici as unknown as WebSocketConstructorLike,
+        signal: stop.signal,
+      });
+      const result = await Promise.race([
+        exit,
+        new Promise((resolve) => setTimeout(() => resolve('still running after 8 s'), 8000)),
+      ]);
+      stop.abort();
+      await exit;
+      expect(result, target).toBe(CLI_EXIT_CODES.watchFailed);
+      const last = run.err.join('').trim().split('\n').at(-1) ?? '';
+      expect(last).toContain(
+        `finishline: cannot watch task t1: ${target} is not the server's WebSocket endpoint`,
+      );
+      expect(last).toContain(`the server answered the WebSocket upgrade with ${status}`);
+    }
+  }, 30_000);
+
+  it("keeps retrying with Node's built-in WebSocket a server that is down or answers 503, and the right URL works", async () => {
+    const unavailable = await rawServer((socket) =>
+      socket.end('HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\n\r\n'),
+    );
+    for (const target of [`${unavailable}/progress`, 'ws://127.0.0.1:1/progress']) {
+      const run = io();
+      const stop = new AbortController();
+      const exit = runCli(['watch', target, 't1', '--token', 'ops'], {
+        ...run.io,
+        WebSocket: AsUndici as unknown as WebSocketConstructorLike,
+        signal: stop.signal,
+      });
+      let exited = false;
+      void exit.then(() => {
+        exited = true;
+      });
+      for (let tries = 0; tries < 200 && run.err.length < 2 && !exited; tries++)
+        await new Promise((resolve) => setTimeout(resolve, 50));
+      // (A turn for the probe of the last failure to be answered.)
+      await new Promise((resolve) => setTimeout(resolve, 100));
+      expect(exited, target).toBe(false);
+      stop.abort();
+      expect(await exit).toBe(CLI_EXIT_CODES.stopped);
+    }
+    const { server, url } = await start();
+    const task = await completedTask(server);
+    const run = io();
+    const code = await runCli(['watch', url, task.id, '--token', 'ops'], {
+      ...run.io,
+      WebSocket: AsUndici as unknown as WebSocketConstructorLike,
+    });
+    expect(code).toBe(CLI_EXIT_CODES.completed);
   }, 30_000);
 
   it('keeps retrying a server that answers the upgrade with 503 (a deploy) or refuses the connection (down)', async () => {
@@ -1044,6 +1130,48 @@ describe('finishline watch on a terminal', () => {
       expect(text).toMatch(/0\/3 0%\nfinishline: ProgressClient: cannot connect/);
       stop.abort();
       expect(await exit).toBe(CLI_EXIT_CODES.stopped);
+    } finally {
+      vi.useRealTimers();
+    }
+  });
+
+  // Review of 8 December 2026: the redraw cleared one row (`\r\x1b[2K`), the one the cursor is on. A line cut to
+  // 80 columns, once the terminal narrows to 30, is rewrapped into 3 rows by a terminal that reflows (most
+  // do: VTE, iTerm2, kitty, Windows Terminal, tmux): the 2 above the cursor stayed on the screen.
+  it('clears every row the previous line takes at the new width when the terminal narrows, not only the last', async () => {
+    vi.useFakeTimers({ toFake: ['Date', 'setTimeout', 'clearTimeout'] });
+    try {
+      const server = new FakeServer();
+      const screen: string[] = [];
+      const stdout = { write: (text: string) => screen.push(text), isTTY: true, columns: 80 };
+      const exit = runCli(['watch', 'ws://example.test/progress', 't1'], {
+        stdout,
+        stderr: { write: () => true },
+        WebSocket: server.WebSocket,
+      });
+      await vi.advanceTimersByTimeAsync(0);
+      const socket = server.accept(600_000);
+      const task = new FakeTask('t1', 3);
+      socket.push({ type: 'snapshot', task: task.view() });
+      socket.push({ type: 'event', event: task.item('node-with-a-long-name-'.repeat(5)) });
+      const wide = screen.at(-1) ?? '';
+      expect(wide.startsWith('\r\x1b[2K')).toBe(true);
+      expect([...wide.slice('\r\x1b[2K'.length)].length).toBe(79); // cut to the 80 columns
+      stdout.columns = 30;
+      socket.push({ type: 'event', event: task.item('n2') });
+      // 79 columns take 3 rows of 30: up 2 rows, then clear to the end of the screen.
+      expect(screen.at(-1)?.startsWith('\x1b[2A\r\x1b[J')).toBe(true);
+      // Drawn at 30 columns, the next redraw at 30 clears its one row as before; the final line likewise.
+      socket.push({ type: 'event', event: task.item('n3') });
+      expect(screen.at(-1)?.startsWith('\r\x1b[2K')).toBe(true);
+      // The line of n3, 29 columns, takes 3 rows of 10: the final state clears them too.
+      stdout.columns = 10;
+      socket.push({ type: 'event', event: task.end() });
+      expect(await exit).toBe(CLI_EXIT_CODES.completed);
+      const final = screen.at(-1) ?? '';
+      expect(final.startsWith('\x1b[2A\r\x1b[J')).toBe(true);
+      expect(final.endsWith('\ncompleted\n')).toBe(true);
+      expect(final.split('\n').length).toBe(3);
     } finally {
       vi.useRealTimers();
     }
