@@ -249,9 +249,9 @@ describe('options', () => {
   });
 
   it('listen() asks the kernel for a backlog of 4096 connections, or the one given', async () => {
-    // With Node's 511, the storm of 10,000 sockets reconnecting at once overflowed the accept queue: 10,134
-    // connections dropped in one run, each waiting 1 s or more for its TCP to send its SYN again, and
-    // the crowd resumed in 7.1 s against 4.5–5.6 s with 4096 (docs/benchmarks-history.md, session 48).
+    // With Node's 511, the storm of 10,000 sockets reconnecting at once overflowed the accept queue: 2,073 to
+    // 12,331 connections dropped per run, each waiting 1 s or more for its TCP to send its SYN again; all
+    // back in a median 6.1 s against 4.5 s with 4096 (docs/benchmarks-history.md, session 48).
     const original = Server.prototype.listen;
     const backlogs: unknown[] = [];
     const listen = vi.spyOn(Server.prototype, 'listen').mockImplementation(function (
