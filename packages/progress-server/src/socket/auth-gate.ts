@@ -348,19 +348,15 @@ export class AuthGate<P extends Principal> {
             return;
           }
           this.#host.metrics.handlerErrors.inc();
-          if (error instanceof RenewalBudgetFailed) {
-            // No hook ran: the wait for a frame-budget token failed (the server's clock threw). Logged as
-            // the hook's failure, it sent whoever read it after the auth backend.
-            this.#host.logger.error(
-              { err: describeError(error.cause), connection: this.#host.connectionId },
-              "waiting for a renewal's frame budget token failed (the server's clock threw)",
-            );
-          } else {
-            this.#host.logger.error(
-              { err: describeError(error), connection: this.#host.connectionId },
-              'authenticateToken hook threw',
-            );
-          }
+          // No hook ran when the wait for a frame-budget token failed (the server's clock threw): logged as
+          // the hook's failure, it sent whoever read it after the auth backend.
+          const budget = error instanceof RenewalBudgetFailed;
+          this.#host.logger.error(
+            { err: describeError(budget ? error.cause : error), connection: this.#host.connectionId },
+            budget
+              ? "waiting for a renewal's frame budget token failed (the server's clock threw)"
+              : 'authenticateToken hook threw',
+          );
           this.#host.close(CloseCode.InternalError, 'authentication failed');
         }),
     );
